@@ -1,0 +1,173 @@
+"""Affine layers as LRP sees them: a convolution or linear layer with the batch
+norm that follows it fused in (Appendix D.2), or a batch norm on its own.
+
+LRP-epsilon and LRP-zB (see :mod:`isnet.lrp.rules`) only need four things from
+such a layer: its effective weight and bias, the bias-free map ``x -> W x``, and
+the transposed map ``s -> W^T s``.  :class:`AffineLayer` provides them for every
+supported layer type, so each rule is written once for all of them.
+
+Parameters are read from the backbone's modules at every call, so the
+propagation shares the classifier's weights (gradients of a heatmap loss reach
+them) and follows ``.to()``, ``.half()`` and optimiser updates.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Layer = Union[nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear]
+Norm = Union[nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d]
+
+CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+LAYER_TYPES = CONV_TYPES + (nn.Linear,)
+NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+_CONV_TRANSPOSE = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+class UnsupportedLayerError(TypeError):
+    """A layer, or a setting of a layer, that the LRP engine cannot propagate through."""
+
+
+def _conv_padding(conv: nn.Module, where: str) -> tuple[int, ...]:
+    if conv.padding_mode != "zeros":
+        raise UnsupportedLayerError(
+            f"{where} ({type(conv).__name__}): padding_mode={conv.padding_mode!r} is not supported; "
+            "only zero padding has an exact transposed convolution"
+        )
+    if isinstance(conv.padding, str):
+        if conv.padding == "valid":
+            return (0,) * len(conv.kernel_size)
+        total = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
+        if any(t % 2 for t in total):
+            raise UnsupportedLayerError(
+                f"{where} ({type(conv).__name__}): padding='same' with an even kernel pads unevenly; "
+                "give explicit integer padding instead"
+            )
+        return tuple(t // 2 for t in total)
+    return tuple(conv.padding)
+
+
+class AffineLayer:
+    """A linear map ``z = W x + b`` assembled from a backbone's modules.
+
+    Args:
+        layer: a ``Conv1d/2d/3d`` or ``Linear`` module, or ``None`` for a batch
+            norm that has no layer before it.
+        norm: the ``BatchNorm`` module that directly follows ``layer`` (fused into
+            it, Eqs. 25 and 26), or ``None``.
+        where: the layer's place in the model, for error messages.
+    """
+
+    def __init__(self, layer: Layer | None, norm: Norm | None, where: str = "") -> None:
+        if layer is None and norm is None:
+            raise ValueError("an affine layer needs a layer, a norm, or both")
+        self.layer = layer
+        self.norm = norm
+        self.where = where
+        self._padding = _conv_padding(layer, where) if isinstance(layer, CONV_TYPES) else None
+
+    # -- forward ---------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Run the backbone's own modules on ``x`` (batch first).
+
+        Returns:
+            ``(z, y)``: the output ``z`` and the input of the norm ``y`` (the layer's
+            output, or ``x`` for a lone norm), whose batch statistics the fused
+            weights need in training mode.
+        """
+        y = self.layer(x) if self.layer is not None else x
+        z = self.norm(y) if self.norm is not None else y
+        return z, y
+
+    # -- effective parameters --------------------------------------------------------------
+    def _norm_scale_shift(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-channel ``scale, shift`` with ``norm(y) = scale * y + shift``."""
+        norm = self.norm
+        if norm.training or norm.running_mean is None:
+            # Training mode uses the statistics of this very batch, as the forward did.
+            dims = [d for d in range(y.dim()) if d != 1]
+            mean = y.mean(dims)
+            var = y.var(dims, unbiased=False)
+        else:
+            mean, var = norm.running_mean, norm.running_var
+        scale = torch.rsqrt(var + norm.eps)
+        if norm.weight is not None:
+            scale = scale * norm.weight
+        shift = -mean * scale
+        if norm.bias is not None:
+            shift = shift + norm.bias
+        return scale, shift
+
+    def weight_and_bias(self, y: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Effective weight and bias of the (fused) layer.
+
+        Args:
+            y: the norm's input as returned by :meth:`forward` (only used when a
+                norm in training mode needs its batch statistics).
+
+        Returns:
+            ``(W, b)``.  ``W`` has the layer's weight shape, or shape ``(C,)`` for a
+            lone norm; ``b`` has shape ``(C_out,)`` or is ``None``.
+        """
+        layer = self.layer
+        if self.norm is None:
+            return layer.weight, layer.bias
+        scale, shift = self._norm_scale_shift(y)
+        if layer is None:
+            return scale, shift
+        weight = layer.weight * scale.view(-1, *([1] * (layer.weight.dim() - 1)))
+        bias = shift if layer.bias is None else shift + scale * layer.bias
+        return weight, bias
+
+    def channel_view(self, v: Tensor, ref: Tensor) -> Tensor:
+        """Reshape a per-output-channel vector ``v`` to broadcast against ``ref`` (batch first)."""
+        if isinstance(self.layer, nn.Linear):
+            return v  # features are the last dimension
+        return v.view(1, -1, *([1] * (ref.dim() - 2)))
+
+    # -- the map and its transpose ---------------------------------------------------------
+    def linear(self, x: Tensor, weight: Tensor) -> Tensor:
+        """The bias-free map ``x -> W x`` with weight ``weight`` (same layout as the layer's)."""
+        layer = self.layer
+        if layer is None:
+            return x * self.channel_view(weight, x)
+        if isinstance(layer, nn.Linear):
+            return F.linear(x, weight)
+        conv = _CONV[x.dim() - 2]
+        return conv(x, weight, None, layer.stride, self._padding, layer.dilation, layer.groups)
+
+    def transpose(self, s: Tensor, weight: Tensor, input_shape: torch.Size) -> Tensor:
+        """The transposed map ``s -> W^T s`` (Alg. 6, step 3).
+
+        Args:
+            s: tensor of shape ``(N, *output_shape[1:])`` for any ``N``.
+            weight: weight in the layer's layout.
+            input_shape: shape of the layer's input; only its non-batch part is used.
+
+        Returns:
+            Tensor of shape ``(N, *input_shape[1:])``.
+        """
+        layer = self.layer
+        if layer is None:
+            return s * self.channel_view(weight, s)
+        if isinstance(layer, nn.Linear):
+            return s.matmul(weight)
+        dims = s.dim() - 2
+        output_padding = []
+        for i in range(dims):
+            produced = (
+                (s.shape[2 + i] - 1) * layer.stride[i]
+                - 2 * self._padding[i]
+                + layer.dilation[i] * (layer.kernel_size[i] - 1)
+                + 1
+            )
+            output_padding.append(input_shape[2 + i] - produced)
+        return _CONV_TRANSPOSE[dims](
+            s, weight, None, layer.stride, self._padding, tuple(output_padding), layer.groups, layer.dilation
+        )

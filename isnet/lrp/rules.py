@@ -1,0 +1,380 @@
+"""LRP rules: relevance propagation through one operation each (Section 4.1, Appendix D).
+
+A rule has two jobs:
+
+* ``forward(args, kwargs)`` runs the operation on the classifier's activations
+  (batch ``B``), never in place, and returns ``(output, saved)`` where ``saved``
+  holds what the relevance pass needs (the skip connections of Appendix D).
+* ``relevance(R, saved)`` maps the relevance at the operation's output to the
+  relevance at each of its tensor inputs.  ``R`` has shape ``(B, K, *output.shape[1:])``:
+  the K heatmaps of every image travel together as one batch (Alg. 1, step 2c),
+  while ``saved`` still holds batch-``B`` activations that broadcast over ``K``.
+
+``input_nodes(node)`` names, for a traced ``torch.fx`` node, the arguments whose
+relevance ``relevance`` returns, in the same order.
+
+All rules are written with differentiable PyTorch operations, so a loss on the
+heatmaps backpropagates to the backbone's parameters.  Biases take part in the
+denominators ``z`` but are detached there (Alg. 6, step 1).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.fx import Node
+from torch.nn.modules.utils import _pair
+
+from .layers import AffineLayer
+
+Saved = tuple
+
+
+def stabilized_divide(numerator: Tensor, z: Tensor, epsilon: float) -> Tensor:
+    """``numerator / (z + sign(z) * epsilon)`` with sign(0) = +1 (Eq. 3).
+
+    ``numerator`` has shape ``(B, K, *S)`` and ``z`` shape ``(B, *S)``.  With
+    ``epsilon == 0`` (LRP-0) a zero denominator gives 0 (0/0 := 0).
+    """
+    z = z.unsqueeze(1)
+    if epsilon > 0:
+        return numerator / (z + torch.where(z >= 0, epsilon, -epsilon).to(z.dtype))
+    zero = z == 0
+    return (numerator / torch.where(zero, torch.ones_like(z), z)).masked_fill(zero, 0.0)
+
+
+def detach_bias(z: Tensor, bias: Tensor) -> Tensor:
+    """``z`` with the same value but no gradient path into ``bias`` (Alg. 6, step 1).
+
+    ``bias`` must already broadcast against ``z``.  Skipped when no gradient is recorded.
+    """
+    if torch.is_grad_enabled() and bias.requires_grad:
+        return z + (bias.detach() - bias)
+    return z
+
+
+def _per_class(x: Tensor) -> Tensor:
+    """View a batch-``B`` activation so that it broadcasts over the K heatmaps."""
+    return x.unsqueeze(1)
+
+
+def _merge(r: Tensor) -> Tensor:
+    """``(B, K, *S) -> (B*K, *S)`` for operations that take one batch dimension."""
+    return r.flatten(0, 1)
+
+
+def _shape_only(r: Tensor, shape: Sequence[int]) -> Tensor:
+    """A tensor of the given shape that allocates a single element (for ATen ops that only read shapes)."""
+    return r.new_zeros(()).expand(*shape)
+
+
+class Rule:
+    """Base class: relevance propagation through one operation."""
+
+    def input_nodes(self, node: Node) -> list[Any]:
+        return [node.args[0]]
+
+    def forward(self, args: tuple, kwargs: dict) -> tuple[Tensor, Saved]:
+        raise NotImplementedError
+
+    def relevance(self, R: Tensor, saved: Saved) -> Sequence[Tensor | None]:
+        raise NotImplementedError
+
+
+class PassThrough(Rule):
+    """Element-wise gates and identities that hand relevance on unchanged.
+
+    ReLU (its relevance is that of its output, Appendix D), dropout (dropped units
+    carry zero activation, so the next layer gives them zero relevance, D.4),
+    identity and ``contiguous``.
+
+    Args:
+        fn: the operation, called out of place as ``fn(*args, **kwargs)``.
+    """
+
+    def __init__(self, fn: Callable[..., Tensor]) -> None:
+        self.fn = fn
+
+    def forward(self, args: tuple, kwargs: dict) -> tuple[Tensor, Saved]:
+        return self.fn(*args, **kwargs), ()
+
+    def relevance(self, R: Tensor, saved: Saved) -> Sequence[Tensor | None]:
+        return (R,)
+
+
+class Reshape(Rule):
+    """Flatten / view / reshape: relevance takes the input's shape back."""
+
+    def __init__(self, fn: Callable[..., Tensor], where: str = "") -> None:
+        self.fn = fn
+        self.where = where
+
+    def forward(self, args: tuple, kwargs: dict) -> tuple[Tensor, Saved]:
+        x = args[0]
+        out = self.fn(*args, **kwargs)
+        if out.dim() == 0 or out.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"{self.where}: a reshape from {tuple(x.shape)} to {tuple(out.shape)} mixes the batch "
+                "dimension with others; LRP needs every sample to stay in its own row"
+            )
+        return out, (x.shape,)
+
+    def relevance(self, R: Tensor, saved: Saved) -> Sequence[Tensor | None]:
+        (shape,) = saved
+        return (R.reshape(R.shape[0], R.shape[1], *shape[1:]),)
+
+
+class Epsilon(Rule):
+    """LRP-epsilon for a convolution or linear layer, with or without fused batch norm (Alg. 6).
+
+    ``R_in = x * W^T [R / (z + sign(z) eps)]`` with ``z = W x + b.detach()``.
+    ``epsilon = 0`` gives LRP-0.
+    """
+
+    def __init__(self, layer: AffineLayer, epsilon: float) -> None:
+        self.layer = layer
+        self.epsilon = float(epsilon)
+
+    def forward(self, args: tuple, kwargs: dict) -> tuple[Tensor, Saved]:
+        x = args[0]
+        z, y = self.layer.forward(x)
+        return z, (x, y, z)
+
+    def _denominator(self, saved: Saved) -> tuple[Tensor, Tensor, Tensor]:
+        """``(x, W, z)`` where ``z`` equals the output in value with the bias detached."""
+        x, y, z = saved
+        weight, bias = self.layer.weight_and_bias(y)
+        if bias is not None:
+            z = detach_bias(z, self.layer.channel_view(bias, z))
+        return x, weight, z
+
+    def relevance(self, R: Tensor, saved: Saved) -> Sequence[Tensor | None]:
+        x, weight, z = self._denominator(saved)
+        s = stabilized_divide(R, z, self.epsilon)
+        if self.layer.layer is None:
+            # A lone batch norm is diagonal: fold its scale into x (batch B) rather than into s (B*K).
+            return (_per_class(x * self.layer.channel_view(weight, x)) * s,)
+        c = self.layer.transpose(_merge(s), weight, x.shape)
+        return (_per_class(x) * c.unflatten(0, R.shape[:2]),)
+
+
+class ZBox(Epsilon):
+    """LRP-zB for the first layer (Alg. 10), with input bounds ``low <= x <= high``.
+
+    ``z = W x - W+ l - W- h`` (the standard zB denominator: the layer's bias and the
+    biases ``B+``, ``B-`` of the paper's layers ``L+``, ``L-`` cancel, since
+    ``B = B+ + B-``), stabilised with ``epsilon`` as in Alg. 10, step 2, and
+    ``R_in = x * W^T s - l * (W+)^T s - h * (W-)^T s``.
+
+    Args:
+        low, high: scalars or per-channel tensors of shape ``(C,)`` (per feature for
+            a linear first layer).
+    """
+
+    def __init__(self, layer: AffineLayer, epsilon: float, low: Tensor, high: Tensor) -> None:
+        super().__init__(layer, epsilon)
+        self.low = low
+        self.high = high
+
+    def _bound_image(self, bound: Tensor, x: Tensor) -> Tensor:
+        """The bound as an input of batch 1 shaped like ``x`` (per channel along dim 1)."""
+        b = bound.to(dtype=x.dtype, device=x.device)
+        if b.dim() == 1 and x.dim() > 2:
+            b = b.view(-1, *([1] * (x.dim() - 2)))
+        return b.expand(x.shape[1:]).unsqueeze(0)
+
+    def relevance(self, R: Tensor, saved: Saved) -> Sequence[Tensor | None]:
+        x, y, z_out = saved
+        weight, bias = self.layer.weight_and_bias(y)
+        z = z_out if bias is None else z_out - self.layer.channel_view(bias, z_out)
+        low, high = self._bound_image(self.low, x), self._bound_image(self.high, x)
+        w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
+        if bool((self.low != 0).any()):
+            z = z - self.layer.linear(low, w_pos)
+        if bool((self.high != 0).any()):
+            z = z - self.layer.linear(high, w_neg)
+        s = _merge(stabilized_divide(R, z, self.epsilon))
+        # W = W+ + W-, so x W^T s - l W+^T s - h W-^T s = (x - l) W+^T s + (x - h) W-^T s.
+        c_pos, c_neg = self._transpose_pair(s, w_pos, w_neg, x.shape)
+        split = R.shape[:2]
+        return (
+            _per_class(x - low) * c_pos.unflatten(0, split) + _per_class(x - high) * c_neg.unflatten(0, split),
+        )
+
+    def _transpose_pair(self, s: Tensor, w_pos: Tensor, w_neg: Tensor, shape: torch.Size) -> tuple[Tensor, Tensor]:
+        """``(W+^T s, W-^T s)``, in one transposed operation where the layer allows it."""
+        layer = self.layer.layer
+        if getattr(layer, "groups", 1) != 1:
+            return self.layer.transpose(s, w_pos, shape), self.layer.transpose(s, w_neg, shape)
+        doubled = (shape[0], 2 * shape[1], *shape[2:])
+        both = self.layer.transpose(s, torch.cat([w_pos, w_neg], dim=1), doubled)
+        return both.chunk(2, dim=-1 if isinstance(layer, nn.Linear) else 1)
+
+
+class _LinearPool(Rule):
+    """Average pooling as a convolution with constant weights, LRP-epsilon (Alg. 7)."""
+
+    def __init__(self, epsilon: float) -> None:
+        self.epsilon = float(epsilon)
+
+    def pool(self, x: Tensor, args: tuple, kwargs: dict) -> tuple[Tensor, Any]:
+        raise NotImplementedError
+
+    def transpose(self, s: Tensor, input_shape: Sequence[int], params: Any) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, args: tuple, kwargs: dict) -> tuple[Tensor, Saved]:
+        x = args[0]
+        z, params = self.pool(x, args, kwargs)
+        return z, (x, z, params)
+
+    def relevance(self, R: Tensor, saved: Saved) -> Sequence[Tensor | None]:
+        x, z, params = saved
+        s = _merge(stabilized_divide(R, z, self.epsilon))
+        shape = (s.shape[0], *x.shape[1:])
+        c = self.transpose(s, shape, params).unflatten(0, R.shape[:2])
+        return (_per_class(x) * c,)
+
+
+class AvgPool(_LinearPool):
+    """``AvgPool2d`` / ``F.avg_pool2d``, any kernel, stride, padding, ``ceil_mode``, divisor.
+
+    Args:
+        params: the module's settings, or ``None`` to read them from the call's arguments.
+    """
+
+    _NAMES = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
+    _DEFAULTS = (None, None, 0, False, True, None)
+
+    def __init__(self, epsilon: float, params: dict | None = None) -> None:
+        super().__init__(epsilon)
+        self.params = params
+
+    def pool(self, x: Tensor, args: tuple, kwargs: dict) -> tuple[Tensor, Any]:
+        p = self.params
+        if p is None:
+            p = dict(zip(self._NAMES, self._DEFAULTS))
+            p.update(zip(self._NAMES, args[1:]))
+            p.update(kwargs)
+        kernel = _pair(p["kernel_size"])
+        stride = _pair(p["stride"]) if p["stride"] not in (None, (), []) else kernel
+        params = (kernel, stride, _pair(p["padding"]), p["ceil_mode"], p["count_include_pad"], p["divisor_override"])
+        return F.avg_pool2d(x, *params), params
+
+    def transpose(self, s: Tensor, input_shape: Sequence[int], params: Any) -> Tensor:
+        kernel, stride, padding, ceil_mode, count_include_pad, divisor = params
+        return torch.ops.aten.avg_pool2d_backward(
+            s, _shape_only(s, input_shape), list(kernel), list(stride), list(padding), ceil_mode, count_include_pad, divisor
+        )
+
+
+class AdaptiveAvgPool(_LinearPool):
+    """``AdaptiveAvgPool2d`` / ``F.adaptive_avg_pool2d``, exact for every input and output size,
+    including overlapping windows (e.g. 7x7 from a 2x2 map)."""
+
+    def __init__(self, epsilon: float, output_size: Any = None) -> None:
+        super().__init__(epsilon)
+        self.output_size = output_size
+
+    def pool(self, x: Tensor, args: tuple, kwargs: dict) -> tuple[Tensor, Any]:
+        size = self.output_size
+        if size is None:
+            size = args[1] if len(args) > 1 else kwargs["output_size"]
+        return F.adaptive_avg_pool2d(x, size), None
+
+    def transpose(self, s: Tensor, input_shape: Sequence[int], params: Any) -> Tensor:
+        return torch.ops.aten._adaptive_avg_pool2d_backward(s, _shape_only(s, input_shape))
+
+
+class WinnerTakesAll(Rule):
+    """Max pooling: all relevance of a window goes to its maximum (Alg. 8).
+
+    Where windows overlap, an input that wins several windows receives the sum of
+    their relevance, so none is lost.
+
+    Args:
+        pool: called as ``pool(x, *args, **kwargs)`` and returning ``(values, indices)``
+            with indices flat over the spatial dimensions (PyTorch's max pooling
+            with ``return_indices=True``).
+    """
+
+    def __init__(self, pool: Callable[..., tuple[Tensor, Tensor]]) -> None:
+        self.pool = pool
+
+    def forward(self, args: tuple, kwargs: dict) -> tuple[Tensor, Saved]:
+        x = args[0]
+        out, indices = self.pool(*args, **kwargs)
+        return out, (x.shape, indices)
+
+    def relevance(self, R: Tensor, saved: Saved) -> Sequence[Tensor | None]:
+        shape, indices = saved
+        B, K, C = R.shape[:3]
+        src = R.flatten(3)
+        index = indices.flatten(2).unsqueeze(1).expand_as(src)
+        # A fresh buffer filled in place: no copy of it for an out-of-place scatter.
+        out = R.new_zeros(B, K, C, math.prod(shape[2:])).scatter_add_(3, index, src)
+        return (out.view(B, K, *shape[1:]),)
+
+
+class Add(Rule):
+    """Residual addition: ``R_i = a_i * R / (z + sign(z) eps)`` with ``z = a_1 + a_2``.
+
+    Operands that are constants (numbers or tensors that do not depend on the
+    input) act like a bias: their share of the relevance is absorbed.
+    """
+
+    def __init__(self, epsilon: float, where: str = "") -> None:
+        self.epsilon = float(epsilon)
+        self.where = where
+
+    def input_nodes(self, node: Node) -> list[Any]:
+        return [node.args[0], node.args[1] if len(node.args) > 1 else node.kwargs.get("other")]
+
+    def forward(self, args: tuple, kwargs: dict) -> tuple[Tensor, Saved]:
+        a = args[0]
+        b = args[1] if len(args) > 1 else kwargs["other"]
+        if kwargs.get("alpha", 1) != 1:
+            raise ValueError(f"{self.where}: addition with alpha != 1 is not supported")
+        out = torch.add(a, b)
+        return out, (a, b, out)
+
+    def relevance(self, R: Tensor, saved: Saved) -> Sequence[Tensor | None]:
+        a, b, out = saved
+        s = stabilized_divide(R, out, self.epsilon)
+        result = []
+        for operand in (a, b):
+            if not isinstance(operand, Tensor) or operand.dim() != out.dim():
+                result.append(None)
+                continue
+            share = _per_class(operand) * s
+            result.append(share.sum_to_size(*R.shape[:2], *operand.shape[1:]))
+        return result
+
+
+class Concat(Rule):
+    """Concatenation (DenseNet): each input takes its slice of the relevance.  A tensor
+    used by several consumers sums their relevance (Eq. 32), which the graph does."""
+
+    def __init__(self, where: str = "") -> None:
+        self.where = where
+
+    def input_nodes(self, node: Node) -> list[Any]:
+        tensors = node.args[0] if node.args else node.kwargs["tensors"]
+        return list(tensors)
+
+    def forward(self, args: tuple, kwargs: dict) -> tuple[Tensor, Saved]:
+        tensors = args[0] if args else kwargs["tensors"]
+        dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+        out = torch.cat(tensors, dim)
+        dim = dim % out.dim()
+        if dim == 0:
+            raise ValueError(f"{self.where}: concatenation along the batch dimension is not supported")
+        return out, ([t.shape[dim] for t in tensors], dim)
+
+    def relevance(self, R: Tensor, saved: Saved) -> Sequence[Tensor | None]:
+        sizes, dim = saved
+        return R.split(sizes, dim=dim + 1)

@@ -239,14 +239,18 @@ class LRPGraph:
         if (self.low > self.high).any():
             raise ValueError(f"zB bounds need low <= high, got low={low!r}, high={high!r}")
         self._custom = dict(rules or {})
+        traced = model
+        if _module_rule(model, "", epsilon) is not None or isinstance(model, tuple(self._custom)):
+            traced = nn.Sequential(model)  # a single layer as the whole model: trace it as one operation
         try:
-            self.graph = _LeafTracer(self._custom).trace(model)
+            self.graph = _LeafTracer(self._custom).trace(traced)
         except Exception as error:  # torch.fx raises many kinds of errors
             raise UnsupportedOperationError(
                 f"could not trace {type(model).__name__} with torch.fx ({type(error).__name__}: {error}); "
                 "the LRP engine needs a forward pass without data-dependent control flow"
             ) from error
-        self._modules = dict(model.named_modules())
+        self._root = traced
+        self._modules = dict(traced.named_modules())
         self._build()
 
     # -- construction --------------------------------------------------------------------------
@@ -437,7 +441,7 @@ class LRPGraph:
 
     def _run_plain(self, node: fx.Node, env: dict) -> Any:
         if node.op == "get_attr":
-            obj: Any = self.model
+            obj: Any = self._root
             for part in node.target.split("."):
                 obj = getattr(obj, part)
             return obj

@@ -42,7 +42,8 @@ def stabilized_divide(numerator: Tensor, z: Tensor, epsilon: float) -> Tensor:
     """
     z = z.unsqueeze(1)
     if epsilon > 0:
-        return numerator / (z + torch.where(z >= 0, epsilon, -epsilon).to(z.dtype))
+        eps = z.new_tensor(epsilon)  # in z's dtype: a Python float would be rounded to float32
+        return numerator / (z + torch.where(z >= 0, eps, -eps))
     zero = z == 0
     return (numerator / torch.where(zero, torch.ones_like(z), z)).masked_fill(zero, 0.0)
 

@@ -1,0 +1,99 @@
+"""A loss on the heatmaps backpropagates to the backbone's parameters (the ISNet's training signal)."""
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from isnet import ISNet, LRPGraph
+
+
+def heatmap_loss(heatmaps, mask):
+    """Any smooth function of the heatmaps will do; this one resembles the background loss."""
+    return ((heatmaps * (1 - mask)) ** 2).mean() + (heatmaps * mask).sum() * 1e-2
+
+
+def tiny_net(bias):
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1, bias=bias),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(3, 4, 3, padding=1, bias=bias),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16, 3, bias=bias),
+    ).double()
+
+
+def finite_difference(net, loss_fn, param, index, h=1e-6):
+    with torch.no_grad():
+        original = param[index].item()
+        param[index] = original + h
+        up = loss_fn().item()
+        param[index] = original - h
+        down = loss_fn().item()
+        param[index] = original
+    return (up - down) / (2 * h)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("eps,zb", [(0.01, True), (0.0, False)])
+def test_weight_gradients_agree_with_finite_differences(bias, eps, zb):
+    """With biases the comparison holds for weights: biases only enter the detached denominators
+    and the activations, which the weights do not change."""
+    net = tiny_net(bias).eval()
+    graph = LRPGraph(net, epsilon=eps, zb=zb)
+    x = torch.rand(2, 2, 8, 8, dtype=torch.float64)
+    mask = (torch.rand(2, 1, 1, 8, 8) > 0.5).double()
+
+    def loss_fn():
+        return heatmap_loss(graph(x)[1], mask)
+
+    loss = loss_fn()
+    weights = [m.weight for m in net if isinstance(m, (nn.Conv2d, nn.Linear))]
+    grads = torch.autograd.grad(loss, weights)
+    generator = torch.Generator().manual_seed(1)
+    for weight, grad in zip(weights, grads):
+        assert grad.abs().sum() > 0
+        for flat in torch.randperm(weight.numel(), generator=generator)[:8].tolist():
+            index = tuple(torch.unravel_index(torch.tensor(flat), weight.shape))
+            index = tuple(int(i) for i in index)
+            expected = finite_difference(net, loss_fn, weight, index)
+            assert grad[index].item() == pytest.approx(expected, rel=1e-5, abs=1e-9)
+
+
+def test_bias_is_detached_in_the_denominator():
+    """One linear layer: H_kj = x_j w_kj y_k / (z_k + eps) with z's bias detached, so
+    dH/db_k = x_j w_kj / (y_k + eps): only through the starting relevance y_k."""
+    layer = nn.Linear(5, 2).double()
+    with torch.no_grad():
+        layer.bias.copy_(torch.tensor([0.3, 0.7], dtype=torch.float64))
+    x = torch.rand(1, 5, dtype=torch.float64) + 0.5
+    with torch.no_grad():
+        layer.weight.abs_()  # positive logits, so sign(z) = +1
+    eps = 0.1
+    heatmaps = LRPGraph(layer, epsilon=eps, zb=False)(x)[1]  # (1, 2, 5)
+    (grad,) = torch.autograd.grad(heatmaps.sum(), layer.bias)
+    y = layer(x).detach()[0]
+    expected = (x[0] * layer.weight.detach()).sum(1) / (y + eps)
+    torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("train", [False, True])
+@pytest.mark.parametrize("name", ["vgg11_bn", "resnet18", "densenet121"])
+def test_every_layer_weight_receives_a_gradient(name, train):
+    model = getattr(torchvision.models, name)(weights=None, num_classes=3)
+    net = ISNet(model).train(train)
+    # 64x64 keeps DenseNet's last maps at 2x2: batch statistics of 1x1 maps of 2 images are degenerate.
+    x = torch.rand(2, 3, 64, 64)
+    mask = torch.zeros(2, 1, 1, 64, 64)
+    mask[..., 16:48, 16:48] = 1
+    _, heatmaps = net(x, heatmaps=True)
+    heatmap_loss(heatmaps, mask).backward()
+    for module_name, module in net.backbone.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)):
+            grad = module.weight.grad
+            assert grad is not None, module_name
+            assert torch.isfinite(grad).all(), module_name
+            assert grad.abs().sum() > 0, module_name

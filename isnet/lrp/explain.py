@@ -40,6 +40,9 @@ def explain(
         Heatmaps of shape ``(B, K, C, H, W)`` (``K = len(classes)``), dtype and device
         of ``images``; differentiable with respect to the model's parameters.
     """
-    backbone = getattr(model, "backbone", model) if hasattr(model, "lrp_graph") else model
-    graph = LRPGraph(backbone, epsilon=epsilon, zb=zb, low=low, high=high)
+    from ..model import ISNet  # the model module imports this package
+
+    if isinstance(model, ISNet):
+        model = model.backbone
+    graph = LRPGraph(model, epsilon=epsilon, zb=zb, low=low, high=high)
     return graph(images, classes=classes)[1]

@@ -1,0 +1,57 @@
+"""The command line: ``isnet explain`` on images on disk with a saved model."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from isnet.backbones import build_backbone, load_model, save_model
+from isnet.cli import main
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    model = build_backbone("small_cnn", num_classes=2, in_channels=3, width=4)
+    return save_model(tmp_path / "model.pt", model, arch="small_cnn", num_classes=2,
+                      class_names=["cat", "dog"], preprocessing={"size": 16},
+                      arch_kwargs={"width": 4})
+
+
+def write_images(folder, n=2):
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
+    return folder
+
+
+def test_explain_writes_pngs_and_arrays(tmp_path, model_file):
+    images = write_images(tmp_path / "images")
+    out = tmp_path / "out"
+    assert main(["explain", "--model", str(model_file), "--images", str(images), "--out", str(out), "--quiet"]) == 0
+    for stem in ("img0", "img1"):
+        for k in (0, 1):
+            assert Image.open(out / f"{stem}_class{k}.png").size == (16, 16)
+            assert (out / f"{stem}_class{k}_overlay.png").exists()
+    assert (out / "heatmaps.png").exists()
+    data = np.load(out / "heatmaps.npz")
+    assert data["heatmaps"].shape == (2, 2, 3, 16, 16)
+
+
+def test_explain_reports_bad_input(tmp_path, model_file, capsys):
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    code = main(["explain", "--model", str(model_file), "--images", str(tmp_path / "broken.png"),
+                 "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "cannot read image" in capsys.readouterr().err
+    code = main(["explain", "--model", str(tmp_path / "missing.pt"), "--images", str(tmp_path), "--out", "x"])
+    assert code == 2
+    assert "no model file" in capsys.readouterr().err
+
+
+def test_model_file_round_trip(model_file):
+    model, info = load_model(model_file)
+    assert info["class_names"] == ["cat", "dog"] and info["preprocessing"] == {"size": 16}
+    assert model(torch.rand(1, 3, 16, 16)).shape == (1, 2)
+    with pytest.raises(ValueError, match="unknown architecture"):
+        build_backbone("alexnet", 2)

@@ -1,0 +1,82 @@
+"""The ISNet module: plain backbone outputs, heatmaps on request, nothing left on the backbone."""
+
+import copy
+import pickle
+
+import torch
+import torchvision
+
+from isnet import ISNet, explain
+from isnet.backbones import build_backbone
+
+
+def make(name="resnet18"):
+    return ISNet(getattr(torchvision.models, name)(weights=None, num_classes=3)).eval()
+
+
+def test_forward_returns_backbone_logits_and_heatmaps_on_request():
+    net = make()
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(net(x), net.backbone(x))
+    logits, heatmaps = net(x, heatmaps=True)
+    torch.testing.assert_close(logits, net.backbone(x))
+    assert heatmaps.shape == (2, 3, 3, 32, 32)
+    torch.testing.assert_close(heatmaps, explain(net.backbone, x))
+    assert net(x, heatmaps=True, classes=[1])[1].shape == (2, 1, 3, 32, 32)
+
+
+def test_backbone_is_untouched_and_parameters_registered_once():
+    backbone = torchvision.models.densenet121(weights=None, num_classes=3)
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    net = ISNet(backbone).eval()
+    net(torch.rand(1, 3, 32, 32), heatmaps=True)
+    assert net.backbone is backbone
+    for module in backbone.modules():
+        assert not module._forward_hooks and not module._forward_pre_hooks and not module._backward_hooks
+    assert set(net.state_dict()) == {f"backbone.{k}" for k in before}
+    assert len(list(net.parameters())) == len(list(backbone.parameters()))
+
+
+def test_copy_and_pickle_give_an_independent_working_isnet():
+    net = make()
+    x = torch.rand(1, 3, 32, 32)
+    expected = net(x, heatmaps=True)[1]
+    for clone in (copy.deepcopy(net), pickle.loads(pickle.dumps(net))):
+        torch.testing.assert_close(clone(x, heatmaps=True)[1], expected)
+        with torch.no_grad():
+            next(clone.backbone.parameters()).mul_(3)
+        assert not torch.allclose(clone(x, heatmaps=True)[1], expected)
+    torch.testing.assert_close(net(x, heatmaps=True)[1], expected)
+
+
+def test_moving_the_isnet_moves_the_heatmaps():
+    net = make("vgg11").double()
+    x = torch.rand(1, 3, 32, 32, dtype=torch.float64)
+    assert net(x, heatmaps=True)[1].dtype == torch.float64
+
+
+def test_training_steps_move_relevance_out_of_the_background():
+    """Gradients through the heatmaps train the backbone: the background's share of |relevance| falls."""
+    net = ISNet(build_backbone("small_cnn", 2, width=8)).train()
+    x = torch.rand(4, 3, 32, 32)
+    mask = torch.zeros(4, 1, 1, 32, 32)
+    mask[..., 8:24, 8:24] = 1
+    optimiser = torch.optim.Adam(net.parameters(), lr=1e-2)
+
+    def background_share():
+        h = net(x, heatmaps=True)[1].abs()
+        return (h * (1 - mask)).sum() / h.sum()
+
+    start = background_share().item()
+    for _ in range(30):
+        loss = background_share()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    assert background_share().item() < 0.8 * start
+
+
+def test_explain_accepts_an_isnet():
+    net = make()
+    x = torch.rand(1, 3, 32, 32)
+    torch.testing.assert_close(explain(net, x, epsilon=0.1), explain(net.backbone, x, epsilon=0.1))

@@ -14,3 +14,23 @@ ZB: bool = True
 #: Lowest and highest admissible input value for LRP-zB (images in [0, 1]).
 ZB_LOW: float = 0.0
 ZB_HIGH: float = 1.0
+
+# -- heatmap loss (Section 4.3, Appendix A) ---------------------------------------------------
+#: Saturation constant of f(x) = x / (x + E) (Eq. 16).
+E: float = 1.0
+#: Weights of the background loss L1 and the foreground loss L2 in L_LRP (Eq. 5).
+W1: float = 1.0
+W2: float = 3.0
+#: Natural range [C1, C2] of total absolute foreground relevance (Eq. 20, Appendix F.3, DenseNet121).
+C1: float = 1.0
+C2: float = 25.0
+#: Small constant added to the denominators of Eq. 12 (0/0 := 0).
+NORMALISATION_E: float = 1e-10
+#: f(r) is clamped to [0, 1 - CLAMP] before the cross-entropy of Eq. 17.
+CLAMP: float = 1e-7
+
+# -- optimisation (Appendix F.2) ---------------------------------------------------------------
+LEARNING_RATE: float = 1e-3
+MOMENTUM: float = 0.99
+WEIGHT_DECAY: float = 0.0
+GRADIENT_CLIP_NORM: float = 1.0

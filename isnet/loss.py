@@ -1,0 +1,208 @@
+"""The ISNet loss (Section 4.3, Algorithms 2 and 3, Appendix A).
+
+``L_IS = (1 - P) L_C + P (w1 L1 + w2 L2)``: a classification loss ``L_C``, the
+background loss ``L1`` that penalises relevance outside the foreground masks, and
+the foreground loss ``L2`` that keeps the total foreground relevance in a natural
+range ``[C1, C2]``.  The terms are pure functions with documented shapes;
+:class:`ISNetLoss` combines them.
+
+Mask rule: masks hold values in [0, 1] with 1 = foreground; a mask whose size
+differs from the heatmaps' is resized bilinearly, and every mask is binarised at
+0.5.  An empty mask (no foreground) is an error: the normalisation of Eq. 12
+would be meaningless for it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import defaults
+
+
+def gwrp(x: Tensor, d: float) -> Tensor:
+    """Global Weighted Ranked Pooling over the last two dimensions (Eq. 14).
+
+    ``r = sum_i d^i V_i / sum_i d^i`` with ``V`` the values sorted in descending
+    order; ``d = 0`` is max pooling, ``d = 1`` average pooling.
+
+    Args:
+        x: ``(..., H, W)``.
+        d: decay in [0, 1].
+
+    Returns:
+        ``(...)``.
+    """
+    if not 0.0 <= d <= 1.0:
+        raise ValueError(f"GWRP decay d must lie in [0, 1], got {d}")
+    flat = x.flatten(-2)
+    if d == 1.0:
+        return flat.mean(-1)
+    if d == 0.0:
+        return flat.amax(-1)
+    n = flat.shape[-1]
+    # Weights below 1e-12 of the largest change nothing in float32/64: rank only the top values.
+    keep = min(n, int(math.log(1e-12) / math.log(d)) + 1)
+    values = flat.topk(keep, dim=-1).values if keep < n else flat.sort(dim=-1, descending=True).values
+    weights = d ** torch.arange(keep, device=flat.device, dtype=flat.dtype)
+    total = (1 - d**n) / (1 - d)  # the sum of all n weights
+    return (values * weights).sum(-1) / total
+
+
+def prepare_masks(masks: Tensor, heatmaps: Tensor) -> Tensor:
+    """Masks as ``(B, 1, 1, H, W)`` binary tensors matching heatmaps ``(B, K, C, H, W)``.
+
+    Args:
+        masks: ``(B, H', W')`` or ``(B, 1, H', W')``, values in [0, 1], 1 = foreground.
+
+    Raises:
+        ValueError: wrong shape or batch size, values outside [0, 1] or NaN, or an empty mask.
+    """
+    if masks.dim() == 3:
+        masks = masks.unsqueeze(1)
+    if masks.dim() != 4 or masks.shape[1] != 1:
+        raise ValueError(f"masks must have shape (B, H, W) or (B, 1, H, W), got {tuple(masks.shape)}")
+    if masks.shape[0] != heatmaps.shape[0]:
+        raise ValueError(f"{masks.shape[0]} masks for a batch of {heatmaps.shape[0]} heatmaps")
+    masks = masks.to(device=heatmaps.device, dtype=heatmaps.dtype)
+    if torch.isnan(masks).any() or (masks < 0).any() or (masks > 1).any():
+        raise ValueError("masks must hold values in [0, 1] (1 = foreground) and no NaN")
+    size = heatmaps.shape[-2:]
+    if masks.shape[-2:] != size:
+        masks = F.interpolate(masks, size=size, mode="bilinear", align_corners=False, antialias=True)
+    masks = (masks >= 0.5).to(heatmaps.dtype)
+    empty = (masks.flatten(1).sum(1) == 0).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(f"the masks of batch item(s) {empty} are empty: every training image needs foreground")
+    return masks.unsqueeze(1)
+
+
+def background_loss(
+    heatmaps: Tensor, masks: Tensor, d: float, E: float = defaults.E, e: float = defaults.NORMALISATION_E
+) -> Tensor:
+    """L1, Algorithm 2 / Eqs. 12-18.
+
+    Args:
+        heatmaps: ``(B, K, C, H, W)``.
+        masks: ``(B, 1, 1, H, W)`` binary (see :func:`prepare_masks`).
+        d: GWRP decay.
+        E: saturation constant of ``f(x) = x / (x + E)``.
+
+    Returns:
+        Scalar: ``mean_{b,k,c} -ln(1 - clamp(f(r_bkc), 0, 1 - 1e-7))``.
+    """
+    absolute = heatmaps.abs()
+    foreground = masks.expand_as(absolute)
+    mean_inside = (absolute * foreground).sum((2, 3, 4)) / (foreground.sum((2, 3, 4)) + e)  # (B, K)
+    normalised = absolute / (mean_inside[..., None, None, None] + e)  # Eq. 12
+    outside = (1 - masks) * normalised  # Eq. 13
+    r = gwrp(outside, d)  # (B, K, C), Eq. 14
+    f = (r / (r + E)).clamp(0.0, 1.0 - defaults.CLAMP)  # Eq. 16
+    return -torch.log1p(-f).mean()  # Eqs. 17, 18
+
+
+def foreground_loss(heatmaps: Tensor, masks: Tensor, C1: float = defaults.C1, C2: float = defaults.C2) -> Tensor:
+    """L2, Algorithm 3 / Eqs. 19-21.
+
+    Args:
+        heatmaps: ``(B, K, C, H, W)``.
+        masks: ``(B, 1, 1, H, W)`` binary.
+
+    Returns:
+        Scalar: mean over b, k of the squared distance of ``g = sum |H| M`` to
+        ``[C1, C2]``, divided by ``C1^2``.
+    """
+    g = (heatmaps.abs() * masks).sum((2, 3, 4))  # (B, K), Eq. 19
+    below = (C1 - g).clamp(min=0)
+    above = (g - C2).clamp(min=0)
+    return ((below**2 + above**2) / C1**2).mean()  # Eqs. 20, 21
+
+
+def classification_loss(logits: Tensor, labels: Tensor, multilabel: bool = False) -> Tensor:
+    """Cross-entropy (labels ``(B,)`` class indices) or, for multi-label tasks, binary
+    cross-entropy on logits (labels ``(B, K)`` in {0, 1}); mean over the batch."""
+    if multilabel:
+        if labels.shape != logits.shape:
+            raise ValueError(f"multi-label targets must have the logits' shape {tuple(logits.shape)}, got {tuple(labels.shape)}")
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+    if labels.dim() != 1 or labels.shape[0] != logits.shape[0]:
+        raise ValueError(f"labels must be class indices of shape ({logits.shape[0]},), got {tuple(labels.shape)}")
+    return F.cross_entropy(logits, labels)
+
+
+@dataclass
+class ISNetLossOutput:
+    """The loss and its parts (scalars), for optimisation and logging."""
+
+    total: Tensor  # L_IS
+    classification: Tensor  # L_C
+    heatmap: Tensor  # L_LRP = w1 L1 + w2 L2
+    background: Tensor  # L1
+    foreground: Tensor  # L2
+
+
+class ISNetLoss:
+    """``L_IS = (1 - P) L_C + P (w1 L1 + w2 L2)`` (Eq. 22).
+
+    Args:
+        P: balance between classification and heatmap loss, in [0, 1]; with ``P = 0``
+            heatmaps may be ``None`` (a standard classifier).
+        d: GWRP decay of the background loss, in [0, 1].
+        E, w1, w2, C1, C2: see Section 4.3; defaults from the paper.
+        multilabel: binary cross-entropy instead of cross-entropy for ``L_C``.
+
+    Call as ``loss(logits (B, K), labels, heatmaps (B, K, C, H, W), masks (B, [1,] H, W))``.
+    Computed in float32 (or float64 for float64 inputs) whatever precision the model ran in.
+    """
+
+    def __init__(
+        self,
+        P: float,
+        d: float,
+        *,
+        E: float = defaults.E,
+        w1: float = defaults.W1,
+        w2: float = defaults.W2,
+        C1: float = defaults.C1,
+        C2: float = defaults.C2,
+        multilabel: bool = False,
+    ) -> None:
+        if not 0.0 <= P <= 1.0:
+            raise ValueError(f"P must lie in [0, 1], got {P}")
+        if not 0.0 <= d <= 1.0:
+            raise ValueError(f"d must lie in [0, 1], got {d}")
+        if E <= 0 or w1 <= 0 or w2 <= 0:
+            raise ValueError(f"E, w1 and w2 must be positive, got E={E}, w1={w1}, w2={w2}")
+        if not 0 < C1 < C2:
+            raise ValueError(f"need 0 < C1 < C2, got C1={C1}, C2={C2}")
+        self.P, self.d, self.E, self.w1, self.w2, self.C1, self.C2 = P, d, E, w1, w2, C1, C2
+        self.multilabel = multilabel
+
+    def __call__(self, logits: Tensor, labels: Tensor, heatmaps: Tensor | None, masks: Tensor | None) -> ISNetLossOutput:
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            logits = _at_least_float32(logits)
+            lc = classification_loss(logits, labels, self.multilabel)
+            if self.P == 0 and heatmaps is None:
+                zero = lc.new_zeros(())
+                return ISNetLossOutput(lc, lc, zero, zero, zero)
+            if heatmaps is None or masks is None:
+                raise ValueError("the heatmap loss (P > 0) needs heatmaps and masks")
+            if heatmaps.dim() != 5 or heatmaps.shape[:2] != logits.shape:
+                raise ValueError(
+                    f"heatmaps must have shape (B, K, C, H, W) with (B, K) = {tuple(logits.shape)}, got {tuple(heatmaps.shape)}"
+                )
+            heatmaps = _at_least_float32(heatmaps)
+            m = prepare_masks(masks, heatmaps)
+            l1 = background_loss(heatmaps, m, self.d, self.E)
+            l2 = foreground_loss(heatmaps, m, self.C1, self.C2)
+            heat = self.w1 * l1 + self.w2 * l2
+            total = (1 - self.P) * lc + self.P * heat
+        return ISNetLossOutput(total, lc, heat, l1, l2)
+
+
+def _at_least_float32(x: Tensor) -> Tensor:
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x

@@ -17,7 +17,7 @@ from . import defaults
 def _explain(args: argparse.Namespace) -> int:
     from .backbones import load_model
     from .lrp import LRPGraph
-    from .preprocessing import find_images, load_image
+    from .data.images import find_images, load_image
     from .render import heatmap_grid, heatmap_to_rgb, overlay_rgb, save_png
 
     model, info = load_model(args.model)

@@ -1,0 +1,207 @@
+"""Datasets of images, foreground masks and labels, and their Lightning data module."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from .bias import VARIANTS, ShapeBias
+from .images import Augmentation, Preprocessing, read_image, read_mask
+from .manifest import Row, class_names, read_manifest, validate
+
+
+class MaskedImageDataset(Dataset):
+    """Rows of a manifest as training samples.
+
+    Each item is a dict with ``image`` ``(C, S, S)`` in [0, 1], ``mask`` ``(1, S, S)`` in
+    {0, 1} (zeros when the row has no mask), ``label`` (class index, or a float 0/1
+    vector of length K for multi-label tasks) and ``index`` (row position).
+
+    Args:
+        rows: manifest rows.
+        classes: class names; their order defines the class indices.
+        prep: how images are read.
+        augmentation: applied to image and mask together, or ``None``.
+        bias: synthetic shape bias and the variant to draw (``biased``, ``standard``,
+            ``deceiving``), or ``None``.  Shapes are drawn before augmentation, as in the paper.
+        multilabel: labels as 0/1 vectors.
+        cache: keep decoded images in memory (small datasets).
+    """
+
+    def __init__(
+        self,
+        rows: Sequence[Row],
+        classes: Sequence[str],
+        prep: Preprocessing,
+        *,
+        augmentation: Augmentation | None = None,
+        bias: tuple[ShapeBias, str] | None = None,
+        multilabel: bool = False,
+        cache: bool = False,
+    ) -> None:
+        self.rows = list(rows)
+        self.classes = list(classes)
+        self.index = {name: i for i, name in enumerate(self.classes)}
+        self.prep = prep
+        self.augmentation = augmentation
+        self.bias = bias
+        self.multilabel = multilabel
+        self.cache: dict[int, tuple[Tensor, Tensor]] | None = {} if cache else None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def target(self, row: Row) -> Tensor:
+        if self.multilabel:
+            t = torch.zeros(len(self.classes))
+            for name in row.labels:
+                t[self.index[name]] = 1.0
+            return t
+        return torch.tensor(self.index[row.labels[0]])
+
+    def _load(self, i: int) -> tuple[Tensor, Tensor]:
+        if self.cache is not None and i in self.cache:
+            return self.cache[i]
+        row = self.rows[i]
+        image = read_image(row.image, self.prep)
+        mask = read_mask(row.mask, self.prep) if row.mask is not None else torch.zeros(1, *image.shape[1:])
+        if self.cache is not None:
+            self.cache[i] = (image, mask)
+        return image, mask
+
+    def __getitem__(self, i: int) -> dict:
+        image, mask = self._load(i)
+        target = self.target(self.rows[i])
+        if self.bias is not None:
+            shapes, variant = self.bias
+            image = shapes.apply(image, target, variant, self.multilabel)
+        if self.augmentation is not None:
+            # torch's global generator: seeded per worker and epoch by the DataLoader
+            image, mask = self.augmentation(image, mask)
+        return {"image": image, "mask": mask, "label": target, "index": i}
+
+
+class MaskedImageDataModule(L.LightningDataModule):
+    """A dataset folder (``manifest.csv``) as train / val / test loaders.
+
+    Args:
+        root: dataset folder.
+        size, grayscale, equalize, channels: see :class:`~isnet.data.images.Preprocessing`.
+        classes: class names in index order (default: sorted names found in the manifest).
+        multilabel: ``|``-separated labels, binary targets.
+        augment: random translation / rotation / flip of training images (Appendix F.1).
+        bias: add the synthetic shape bias to train and val images, and test every test
+            split in the ``biased``, ``standard`` and ``deceiving`` variants.
+        test_splits: splits to test (default: every split but train and val).
+        square_test: pad test images to squares with black borders before resizing.
+        batch_size, num_workers: loader settings.
+        cache: keep decoded images in memory.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        size: int = 224,
+        grayscale: bool = False,
+        equalize: bool = False,
+        channels: int = 3,
+        classes: Sequence[str] | None = None,
+        multilabel: bool = False,
+        augment: bool = True,
+        translate: float = 0.125,
+        rotate: float = 40.0,
+        flip: bool = True,
+        bias: bool = False,
+        test_splits: Sequence[str] | None = None,
+        square_test: bool = True,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        cache: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.root = Path(root)
+        self.prep = Preprocessing(size, grayscale, equalize, channels)
+        self.class_list = list(classes) if classes else None
+        self.multilabel = multilabel
+        self.augmentation = Augmentation(translate, rotate, flip) if augment else None
+        self.use_bias = bias
+        self.test_split_names = list(test_splits) if test_splits else None
+        self.square_test = square_test
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.cache = cache
+        self.seed = seed
+        self.rows: list[Row] | None = None
+
+    # -- set-up ------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Read and validate the manifest (idempotent); errors name the offending row."""
+        if self.rows is not None:
+            return
+        rows = read_manifest(self.root)
+        self.classes = self.class_list or class_names(rows)
+        if len(self.classes) < 2 and not self.multilabel:
+            raise ValueError(f"a classification task needs at least 2 classes, found {self.classes}")
+        if self.test_split_names is None:
+            self.test_split_names = sorted({r.split for r in rows} - {"train", "val"})
+        splits = ["train", "val", *self.test_split_names]
+        validate(rows, self.classes, splits=splits, need_masks=("train", "val"), multilabel=self.multilabel)
+        self.rows = rows
+        self.shape_bias = ShapeBias.default(len(self.classes)) if self.use_bias else None
+
+    @property
+    def num_classes(self) -> int:
+        self.prepare()
+        return len(self.classes)
+
+    def _dataset(self, split: str, variant: str | None, train: bool) -> MaskedImageDataset:
+        rows = [r for r in self.rows if r.split == split]
+        prep = self.prep if train or not self.square_test else Preprocessing(
+            self.prep.size, self.prep.grayscale, self.prep.equalize, self.prep.channels, square=True
+        )
+        bias = (self.shape_bias, variant) if self.shape_bias is not None and variant else None
+        return MaskedImageDataset(
+            rows, self.classes, prep,
+            augmentation=self.augmentation if split == "train" else None,
+            bias=bias, multilabel=self.multilabel, cache=self.cache,
+        )  # fmt: skip
+
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare()
+        train_variant = "biased" if self.shape_bias is not None else None
+        self.train_set = self._dataset("train", train_variant, train=True)
+        self.val_set = self._dataset("val", train_variant, train=True)
+        self.test_sets: dict[str, MaskedImageDataset] = {}
+        for split in self.test_split_names:
+            if self.shape_bias is None:
+                self.test_sets[split] = self._dataset(split, None, train=False)
+            else:
+                for variant in VARIANTS:
+                    self.test_sets[f"{split}/{variant}"] = self._dataset(split, variant, train=False)
+
+    # -- loaders -----------------------------------------------------------------------------
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          generator=generator, persistent_workers=self.num_workers > 0, drop_last=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self._loader(ds, shuffle=False) for ds in self.test_sets.values()]
+
+    @property
+    def test_names(self) -> list[str]:
+        """Names of the test loaders, in order (``split`` or ``split/variant``)."""
+        return list(self.test_sets)

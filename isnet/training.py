@@ -1,0 +1,180 @@
+"""The training module (Algorithm 1, Appendix F.2): one LightningModule for ISNets and
+standard classifiers.
+
+With ``P > 0`` every step computes the B x K heatmaps and the ISNet loss; with
+``P = 0`` no heatmap is computed and the module trains a standard classifier with
+the same data, optimiser and logging.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from . import defaults
+from .backbones import build_backbone, save_model
+from .loss import ISNetLoss
+from .model import ISNet
+
+
+class ISNetModule(L.LightningModule):
+    """ISNet (``P > 0``) or standard classifier (``P = 0``) training.
+
+    Args:
+        backbone: architecture name (see :mod:`isnet.backbones`).
+        num_classes: number of classes K.
+        in_channels: image channels.
+        arch_kwargs: extra arguments for the backbone constructor.
+        P, d, E, w1, w2, C1, C2: heatmap loss settings (Section 4.3).
+        epsilon, zb, low, high: LRP settings.
+        multilabel: binary cross-entropy and independent labels.
+        lr, momentum, weight_decay: SGD settings (Appendix F.2).
+        class_names: names of the K classes, kept with exported models.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "densenet121",
+        num_classes: int = 3,
+        *,
+        in_channels: int = 3,
+        arch_kwargs: dict[str, Any] | None = None,
+        P: float = 0.7,
+        d: float = 0.9,
+        E: float = defaults.E,
+        w1: float = defaults.W1,
+        w2: float = defaults.W2,
+        C1: float = defaults.C1,
+        C2: float = defaults.C2,
+        epsilon: float = defaults.EPSILON,
+        zb: bool = defaults.ZB,
+        low: float | Sequence[float] = defaults.ZB_LOW,
+        high: float | Sequence[float] = defaults.ZB_HIGH,
+        multilabel: bool = False,
+        lr: float = defaults.LEARNING_RATE,
+        momentum: float = defaults.MOMENTUM,
+        weight_decay: float = defaults.WEIGHT_DECAY,
+        class_names: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        model = build_backbone(backbone, num_classes, in_channels, **(arch_kwargs or {}))
+        self.net = ISNet(model, epsilon=epsilon, zb=zb, low=low, high=high)
+        self.criterion = ISNetLoss(P, d, E=E, w1=w1, w2=w2, C1=C1, C2=C2, multilabel=multilabel)
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The plain classifier to deploy."""
+        return self.net.backbone
+
+    @property
+    def uses_heatmaps(self) -> bool:
+        return self.hparams.P > 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def _step(self, batch: dict, stage: str) -> Tensor:
+        images, masks, labels = batch["image"], batch["mask"], batch["label"]
+        if self.uses_heatmaps:
+            logits, heatmaps = self.net(images, heatmaps=True)
+        else:
+            logits, heatmaps = self.net(images), None
+        out = self.criterion(logits, labels, heatmaps, masks if heatmaps is not None else None)
+        if not torch.isfinite(out.total):
+            parts = {"L_C": out.classification, "L1": out.background, "L2": out.foreground}
+            bad = [name for name, value in parts.items() if not torch.isfinite(value)]
+            raise FloatingPointError(
+                f"{stage} loss is not finite ({', '.join(bad) or 'L_IS'}); lower the learning rate or raise d"
+            )
+        batch_size = images.shape[0]
+        values = {"loss": out.total, "L_C": out.classification}
+        if self.uses_heatmaps:
+            values.update({"L_LRP": out.heatmap, "L1": out.background, "L2": out.foreground})
+        if not self.hparams.multilabel:
+            values["accuracy"] = (logits.argmax(1) == labels).float().mean()
+        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, batch_size=batch_size,
+                      on_step=False, on_epoch=True)
+        self.log(f"{stage}_loss", out.total, batch_size=batch_size, on_step=False, on_epoch=True, prog_bar=True,
+                 logger=False)
+        return out.total
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> Tensor:
+        return self._step(batch, "val")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=self.hparams.momentum,
+                               weight_decay=self.hparams.weight_decay)
+
+    # -- deployment --------------------------------------------------------------------------
+    def export(self, folder: str | Path, preprocessing: dict[str, Any] | None = None) -> dict[str, Path]:
+        """Write the plain backbone for deployment.
+
+        Files: ``backbone.pt`` (isnet model file: architecture, ``state_dict``, class
+        names, preprocessing), ``backbone.torchscript.pt`` (TorchScript, eval mode) and
+        ``preprocessing.json``.
+        """
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        hp = self.hparams
+        model = self.backbone
+        was_training = model.training
+        model.eval()
+        files = {
+            "model": save_model(folder / "backbone.pt", model, arch=hp.backbone, num_classes=hp.num_classes,
+                                in_channels=hp.in_channels, class_names=list(hp.class_names or []) or None,
+                                preprocessing=preprocessing, arch_kwargs=hp.arch_kwargs),
+        }
+        example = torch.rand(1, hp.in_channels, 64, 64, device=next(model.parameters()).device)
+        with torch.no_grad():
+            try:
+                scripted = torch.jit.script(model)
+            except Exception:  # noqa: BLE001 - fall back to tracing for unscriptable backbones
+                scripted = torch.jit.trace(model, example)
+        files["torchscript"] = folder / "backbone.torchscript.pt"
+        scripted.save(str(files["torchscript"]))
+        files["preprocessing"] = folder / "preprocessing.json"
+        files["preprocessing"].write_text(json.dumps(
+            {"preprocessing": preprocessing or {}, "class_names": list(hp.class_names or []),
+             "multilabel": hp.multilabel, "input": "float32 (B, C, H, W), values in [0, 1]"}, indent=2))
+        model.train(was_training)
+        return files
+
+
+def estimate_c1_c2(model: nn.Module, loader: Any, *, batches: int = 4, epsilon: float = defaults.EPSILON,
+                   zb: bool = defaults.ZB, low: float = defaults.ZB_LOW, high: float = defaults.ZB_HIGH) -> tuple[float, float]:
+    """C1 and C2 from a standard classifier's heatmaps (Appendix F.3).
+
+    C1 is the smallest and C2 the largest total absolute relevance ``Sum(|H_bk|)``
+    observed over the heatmaps of all classes of the first ``batches`` batches.
+
+    Returns:
+        ``(C1, C2)`` with ``0 < C1 < C2``.
+    """
+    graph = ISNet(model, epsilon=epsilon, zb=zb, low=low, high=high).lrp_graph
+    was_training = model.training
+    model.eval()
+    totals = []
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for i, batch in enumerate(loader):
+            if i >= batches:
+                break
+            _, heatmaps = graph(batch["image"].to(device))
+            totals.append(heatmaps.abs().sum((2, 3, 4)).flatten())
+    model.train(was_training)
+    if not totals:
+        raise ValueError("no batches to estimate C1 and C2 from")
+    t = torch.cat(totals)
+    c1, c2 = float(t.min()), float(t.max())
+    if not 0 < c1 < c2:
+        raise ValueError(f"cannot estimate C1 < C2 from heatmaps with total relevance in [{c1}, {c2}]")
+    return c1, c2

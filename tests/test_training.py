@@ -1,0 +1,88 @@
+"""The training module: both kinds of classifier learn, heatmaps only when P > 0, export, C1/C2."""
+
+import warnings
+
+import lightning as L
+import pytest
+import torch
+
+from isnet.backbones import load_model
+from isnet.data import MaskedImageDataModule
+from isnet.data.builtin import generate_digits_on_textures
+from isnet.training import ISNetModule, estimate_c1_c2
+
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = generate_digits_on_textures(tmp_path_factory.mktemp("digits"), per_class=(24, 8, 8), size=32)
+    dm = MaskedImageDataModule(root, size=32, bias=True, augment=False, batch_size=12, cache=True)
+    dm.setup()
+    return dm
+
+
+def fit(module, dm, epochs):
+    L.seed_everything(0, verbose=False)
+    trainer = L.Trainer(max_epochs=epochs, gradient_clip_val=1.0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(module, dm)
+    return trainer
+
+
+def train_loss(module, dm):
+    module.eval()
+    batch = next(iter(dm.train_dataloader()))
+    with torch.no_grad():
+        logits, heatmaps = module.net(batch["image"], heatmaps=True)
+    return module.criterion(logits, batch["label"], heatmaps, batch["mask"]).total.item()
+
+
+@pytest.mark.parametrize("P", [0.0, 0.7])
+def test_short_training_lowers_the_loss(data, P):
+    L.seed_everything(0, verbose=False)
+    module = ISNetModule("small_cnn", 3, P=P, arch_kwargs={"width": 8}, lr=0.01, momentum=0.9, C1=0.5, C2=20.0)
+    before = train_loss(module, data)
+    trainer = fit(module, data, epochs=4)
+    assert train_loss(module, data) < before
+    metrics = trainer.callback_metrics
+    assert {"train/loss", "train/L_C", "val/loss", "val/accuracy"} <= set(metrics)
+    assert ("train/L1" in metrics) == (P > 0) and ("val/L2" in metrics) == (P > 0)
+
+
+def test_standard_classifier_computes_no_heatmaps(data):
+    module = ISNetModule("small_cnn", 3, P=0.0, arch_kwargs={"width": 8})
+
+    class Refuse:
+        def __call__(self, *args, **kwargs):
+            raise AssertionError("heatmaps computed for P = 0")
+
+    module.net.lrp_graph = Refuse()
+    fit(module, data, epochs=1)
+
+
+def test_export_gives_the_plain_backbone(tmp_path, data):
+    module = ISNetModule("small_cnn", 3, P=0.7, arch_kwargs={"width": 8}, class_names=["a", "b", "c"]).eval()
+    files = module.export(tmp_path / "export", preprocessing={"size": 32})
+    x = torch.rand(2, 3, 32, 32)
+    expected = module.backbone(x)
+    scripted = torch.jit.load(str(files["torchscript"]))
+    torch.testing.assert_close(scripted(x), expected)
+    model, info = load_model(files["model"])
+    torch.testing.assert_close(model(x), expected)
+    assert info["class_names"] == ["a", "b", "c"] and info["preprocessing"] == {"size": 32}
+    assert files["preprocessing"].exists()
+
+
+def test_c1_c2_are_the_range_of_total_absolute_relevance(data):
+    module = ISNetModule("small_cnn", 3, P=0.0, arch_kwargs={"width": 8}).eval()
+    c1, c2 = estimate_c1_c2(module.backbone, data.val_dataloader(), batches=2)
+    totals = []
+    for i, batch in enumerate(data.val_dataloader()):
+        if i == 2:
+            break
+        with torch.no_grad():
+            totals.append(module.net(batch["image"], heatmaps=True)[1].abs().sum((2, 3, 4)))
+    totals = torch.cat(totals)
+    assert c1 == pytest.approx(totals.min().item()) and c2 == pytest.approx(totals.max().item())
+    assert 0 < c1 < c2

@@ -1,10 +1,10 @@
-# Set-up and the two jobs.  `make demo` runs the main job, `make test` the tests;
+# Set-up and the two jobs.  `make benchmark` runs the main job, `make test` the tests;
 # both create the virtual environment in .venv on first use.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench
+.PHONY: setup benchmark demo test bench
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+benchmark: setup
+	$(VENV)/bin/isnet benchmark --out runs/benchmark
+
 demo: setup
 	$(VENV)/bin/isnet demo --out runs/demo
 
@@ -23,3 +26,4 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/explain_speed.py
+	$(PY) benchmarks/training_speed.py

@@ -30,15 +30,18 @@ class SmallCNN(nn.Module):
         num_classes: number of logits K.
         in_channels: image channels C.
         width: channels of the first block (doubled in each following block).
+        batch_norm: batch norm after each convolution.
     """
 
-    def __init__(self, num_classes: int, in_channels: int = 3, width: int = 16) -> None:
+    def __init__(self, num_classes: int, in_channels: int = 3, width: int = 16, batch_norm: bool = True) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         channels = in_channels
         for i in range(3):
             out = width * 2**i
-            layers += [nn.Conv2d(channels, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+            layers.append(nn.Conv2d(channels, out, 3, padding=1))
+            layers += [nn.BatchNorm2d(out)] if batch_norm else []
+            layers.append(nn.ReLU(inplace=True))
             layers.append(nn.MaxPool2d(2))
             channels = out
         self.features = nn.Sequential(*layers)

@@ -67,9 +67,121 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _benchmark(args: argparse.Namespace) -> int:
+    from .benchmark import run_benchmark
+
+    overrides = {}
+    if args.isnet_epochs is not None:
+        overrides["isnet_epochs"] = args.isnet_epochs
+    if args.standard_epochs is not None:
+        overrides["standard_epochs"] = args.standard_epochs
+    report = run_benchmark(args.out, profile=args.profile, seed=args.seed, progress=not args.quiet, **overrides)
+    print((Path(args.out) / "report.md").read_text())
+    print(f"wrote {Path(args.out) / 'report.json'} and {Path(args.out) / 'heatmaps.png'} "
+          f"in {report['total_seconds']:.0f} s")
+    return 0
+
+
+def _fit(args: argparse.Namespace) -> int:
+    import lightning as L
+    import yaml
+
+    from .config import load_config
+    from .data import MaskedImageDataModule
+    from .training import ISNetModule, train
+
+    cfg = load_config(args.config, args.set)
+    L.seed_everything(cfg["seed_everything"], verbose=False)
+    data = MaskedImageDataModule(**cfg["data"])
+    data.setup()
+    module = ISNetModule(num_classes=data.num_classes, class_names=data.classes, **cfg["model"])
+    trainer = dict(cfg["trainer"])
+    max_epochs = trainer.pop("max_epochs", 48)
+    out = Path(cfg["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    module, best = train(module, data, out, max_epochs=max_epochs, progress=not args.quiet, **trainer)
+    files = module.export(out / "export", preprocessing=_preprocessing(cfg["data"]))
+    print(f"best checkpoint: {best}\nexported backbone: {files['model']} and {files['torchscript']}")
+    return 0
+
+
+def _preprocessing(data: dict) -> dict:
+    keys = ("size", "grayscale", "equalize", "channels")
+    return {k: data[k] for k in keys if k in data}
+
+
+def _test(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .data import MaskedImageDataModule
+    from .metrics import classification_summary, multilabel_summary
+    from .training import ISNetModule
+
+    cfg = load_config(args.config, args.set)
+    if args.splits:
+        cfg["data"]["test_splits"] = args.splits
+    data = MaskedImageDataModule(**cfg["data"])
+    data.setup()
+    module = ISNetModule.load_from_checkpoint(args.checkpoint, map_location="cpu").eval()
+    results = {}
+    from tqdm import tqdm
+
+    for name, dataset in tqdm(list(data.test_sets.items()), desc="testing", disable=args.quiet):
+        loader = torch.utils.data.DataLoader(dataset, batch_size=data.batch_size)
+        scores, labels = [], []
+        with torch.no_grad():
+            for batch in loader:
+                scores.append(module(batch["image"]))
+                labels.append(batch["label"])
+        logits, y = torch.cat(scores), torch.cat(labels)
+        if module.hparams.multilabel:
+            results[name] = multilabel_summary(y.numpy(), torch.sigmoid(logits).numpy())
+        else:
+            results[name] = classification_summary(y.numpy(), logits.argmax(1).numpy(), data.num_classes)
+    out = Path(args.out or Path(cfg["out"]) / "test")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps({"checkpoint": str(args.checkpoint), "tests": results}, indent=2))
+    lines = ["| test set | macro-F1 | accuracy | n |", "| --- | --- | --- | --- |"]
+    lines += [f"| {n} | {m['macro_f1']:.3f} | {m['accuracy']:.3f} | {m['n']} |" for n, m in results.items()]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .training import ISNetModule
+
+    module = ISNetModule.load_from_checkpoint(args.checkpoint, map_location="cpu").eval()
+    prep = {"size": args.size} if args.size else {}
+    files = module.export(args.out, preprocessing=prep)
+    print("\n".join(f"{k}: {v}" for k, v in files.items()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="isnet", description="ISNet: classifiers trained to ignore background bias.")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("fit", help="train an ISNet (or, with model.P=0, a standard classifier) from a YAML config")
+    p.add_argument("--config", help="YAML file with model / data / trainer sections (see configs/)")
+    p.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="override config values")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(run=_fit)
+
+    p = sub.add_parser("test", help="evaluate a checkpoint on every test split (biased / standard / deceiving with bias)")
+    p.add_argument("--config", help="the YAML config used for fit")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--splits", nargs="*", help="test splits (default: all but train and val)")
+    p.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--out", help="output folder (default: <out>/test)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(run=_test)
+
+    p = sub.add_parser("export", help="write the plain backbone of a checkpoint (state_dict model file and TorchScript)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--size", type=int, help="input size to record in the preprocessing")
+    p.set_defaults(run=_export)
 
     p = sub.add_parser("explain", help="LRP heatmaps of a saved model for images on disk")
     p.add_argument("--model", required=True, help="isnet model file (.pt)")
@@ -84,6 +196,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=_explain)
+
+    p = sub.add_parser("benchmark", help="train a standard classifier, an ISNet and a reference on the "
+                       "built-in biased data and compare them on biased, standard and deceiving tests")
+    p.add_argument("--out", default="runs/benchmark")
+    p.add_argument("--profile", choices=["quick", "long"], default="quick")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--isnet-epochs", type=int)
+    p.add_argument("--standard-epochs", type=int)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(run=_benchmark)
 
     p = sub.add_parser("demo", help="train a small CNN on MNIST digits and render its heatmaps")
     p.add_argument("--out", default="runs/demo")

@@ -33,7 +33,8 @@ class ISNetModule(L.LightningModule):
         P, d, E, w1, w2, C1, C2: heatmap loss settings (Section 4.3).
         epsilon, zb, low, high: LRP settings.
         multilabel: binary cross-entropy and independent labels.
-        lr, momentum, weight_decay: SGD settings (Appendix F.2).
+        lr, momentum, weight_decay: optimiser settings (Appendix F.2: SGD, momentum 0.99, lr 1e-3).
+        optimizer: ``sgd`` (the paper's) or ``adam`` (momentum then sets beta1).
         class_names: names of the K classes, kept with exported models.
     """
 
@@ -59,9 +60,12 @@ class ISNetModule(L.LightningModule):
         lr: float = defaults.LEARNING_RATE,
         momentum: float = defaults.MOMENTUM,
         weight_decay: float = defaults.WEIGHT_DECAY,
+        optimizer: str = "sgd",
         class_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
+        if optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
         self.save_hyperparameters()
         model = build_backbone(backbone, num_classes, in_channels, **(arch_kwargs or {}))
         self.net = ISNet(model, epsilon=epsilon, zb=zb, low=low, high=high)
@@ -111,8 +115,10 @@ class ISNetModule(L.LightningModule):
         return self._step(batch, "val")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=self.hparams.momentum,
-                               weight_decay=self.hparams.weight_decay)
+        hp = self.hparams
+        if hp.optimizer == "adam":
+            return torch.optim.Adam(self.parameters(), lr=hp.lr, betas=(hp.momentum, 0.999), weight_decay=hp.weight_decay)
+        return torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
 
     # -- deployment --------------------------------------------------------------------------
     def export(self, folder: str | Path, preprocessing: dict[str, Any] | None = None) -> dict[str, Path]:
@@ -178,3 +184,53 @@ def estimate_c1_c2(model: nn.Module, loader: Any, *, batches: int = 4, epsilon: 
     if not 0 < c1 < c2:
         raise ValueError(f"cannot estimate C1 < C2 from heatmaps with total relevance in [{c1}, {c2}]")
     return c1, c2
+
+
+def train(
+    module: ISNetModule,
+    datamodule: L.LightningDataModule,
+    folder: str | Path,
+    *,
+    max_epochs: int,
+    progress: bool = True,
+    deterministic: bool = False,
+    precision: str | None = None,
+    accelerator: str = "auto",
+    devices: int | str = "auto",
+    **trainer_kwargs: Any,
+) -> tuple[ISNetModule, Path | None]:
+    """Fit ``module`` and return it with the weights of its lowest validation loss (Alg. 1, step 4).
+
+    Logs go to ``folder/logs`` (CSV), the best checkpoint to ``folder/checkpoints``.
+    Gradient norms are clipped to 1 (Appendix F.2).
+
+    Returns:
+        ``(module, best checkpoint path)``.
+    """
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    folder = Path(folder)
+    checkpoint = ModelCheckpoint(dirpath=folder / "checkpoints", filename="best-{epoch}", monitor="val/loss",
+                                 mode="min", save_top_k=1)
+    trainer = L.Trainer(
+        max_epochs=max_epochs,
+        gradient_clip_val=defaults.GRADIENT_CLIP_NORM,
+        gradient_clip_algorithm="norm",
+        callbacks=[checkpoint],
+        logger=CSVLogger(folder, name="logs", version=""),
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        deterministic=deterministic,
+        accelerator=accelerator,
+        devices=devices,
+        num_sanity_val_steps=0,
+        **({"precision": precision} if precision else {}),
+        **trainer_kwargs,
+    )
+    trainer.fit(module, datamodule)
+    best = checkpoint.best_model_path
+    if best:
+        state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+        module.load_state_dict(state)
+    return module, Path(best) if best else None

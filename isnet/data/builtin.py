@@ -55,7 +55,7 @@ def _crop(background: np.ndarray, size: int, rng: np.random.Generator) -> np.nda
 
 def render_sample(digit: np.ndarray, background: np.ndarray, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """One image ``(size, size, 3)`` in [0, 1] and its mask ``(size, size)`` bool."""
-    image = _crop(background, size, rng) * rng.uniform(0.35, 0.65)
+    image = _crop(background, size, rng) * rng.uniform(0.25, 0.5)
     side = int(round(size * rng.uniform(0.5, 0.65)))
     glyph = np.asarray(Image.fromarray((digit * 255).astype(np.uint8)).resize((side, side), Image.BILINEAR),
                        dtype=np.float32) / 255.0
@@ -63,7 +63,7 @@ def render_sample(digit: np.ndarray, background: np.ndarray, size: int, rng: np.
     reserve = int(np.ceil(0.16 * size))
     lo, hi = max(0, reserve - side // 6), size - side - max(0, reserve - side // 6)
     top, left = (int(rng.integers(lo, max(lo, hi) + 1)) for _ in range(2))
-    colour = rng.uniform(0.6, 1.0, size=3).astype(np.float32)
+    colour = rng.uniform(0.75, 1.0, size=3).astype(np.float32)
     alpha = np.zeros((size, size), np.float32)
     alpha[top : top + side, left : left + side] = glyph
     image = image * (1 - alpha[..., None]) + colour * alpha[..., None]
@@ -92,7 +92,7 @@ def generate_digits_on_textures(
     if not 2 <= classes <= 10:
         raise ValueError(f"classes must lie in 2..10, got {classes}")
     root = Path(root)
-    settings = {"classes": classes, "per_class": list(per_class), "size": size, "seed": seed, "version": 1}
+    settings = {"classes": classes, "per_class": list(per_class), "size": size, "seed": seed, "version": 2}
     stamp = root / "settings.json"
     if stamp.is_file() and json.loads(stamp.read_text()) == settings and (root / "manifest.csv").is_file():
         return root

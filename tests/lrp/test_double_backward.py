@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -97,3 +98,47 @@ def test_every_layer_weight_receives_a_gradient(name, train):
             assert grad is not None, module_name
             assert torch.isfinite(grad).all(), module_name
             assert grad.abs().sum() > 0, module_name
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_gradients_match_a_literal_algorithm_6_in_both_modes(train):
+    """Against the paper's LRP block written out by hand: the fused layer recomputed from its input
+    with K' = K gamma / sigma and B' = beta + gamma (B - mu) / sigma detached (Eqs. 25, 26, Alg. 6),
+    batch statistics in training mode.  Gradients must agree for every parameter."""
+    torch.manual_seed(0)
+    conv, norm, fc = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Linear(4 * 36, 3)
+    net = nn.Sequential(conv, norm, nn.ReLU(), nn.Flatten(), fc).double().train(train)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+        norm.running_mean.uniform_(-0.2, 0.2)
+    x = torch.rand(3, 3, 6, 6, dtype=torch.float64)
+    mask = (torch.rand(3, 1, 1, 6, 6) > 0.5).double()
+    eps = 0.01
+    params = [conv.weight, conv.bias, norm.weight, norm.bias, fc.weight, fc.bias]
+
+    engine = torch.autograd.grad(heatmap_loss(LRPGraph(net, epsilon=eps, zb=False)(x)[1], mask), params)
+
+    def stab(z):
+        return z + eps * torch.where(z >= 0, 1.0, -1.0).double()
+
+    y = F.conv2d(x, conv.weight, conv.bias, padding=1)
+    if train:
+        mu, var = y.mean((0, 2, 3)), y.var((0, 2, 3), unbiased=False)
+    else:
+        mu, var = norm.running_mean, norm.running_var
+    sigma = torch.sqrt(var + norm.eps)
+    K = conv.weight * (norm.weight / sigma).view(-1, 1, 1, 1)
+    B = norm.bias + norm.weight * (conv.bias - mu) / sigma
+    h = torch.relu(F.conv2d(x, K, B, padding=1))
+    logits = fc(h.flatten(1))
+    maps = []
+    for k in range(3):
+        R = logits * F.one_hot(torch.tensor(k), 3).double()
+        z = F.linear(h.flatten(1), fc.weight, fc.bias.detach())
+        Rh = (h.flatten(1) * ((R / stab(z)) @ fc.weight)).view_as(h)
+        z1 = F.conv2d(x, K, B.detach(), padding=1)
+        maps.append(x * F.conv_transpose2d(Rh / stab(z1), K, padding=1))
+    literal = torch.autograd.grad(heatmap_loss(torch.stack(maps, 1), mask), params)
+    for name, a, b in zip(["conv.w", "conv.b", "bn.w", "bn.b", "fc.w", "fc.b"], engine, literal):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, msg=name)

@@ -1,0 +1,38 @@
+"""The benchmark runs end to end and reports computed statistics (tiny profile)."""
+
+import json
+
+from PIL import Image
+
+from isnet.benchmark import Profile, run_benchmark
+from isnet.cli import main
+
+TINY = Profile("tiny", per_class=(16, 6, 9), size=32, width=8, batch_size=16, standard_epochs=2, isnet_epochs=1)
+
+
+def test_benchmark_writes_reports(tmp_path):
+    report = run_benchmark(tmp_path, profile=TINY, progress=False)
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["models"].keys() == {"standard", "isnet", "reference"}
+    assert set(saved["models"]["standard"]) == {"biased", "standard", "deceiving"}
+    assert set(saved["models"]["reference"]) == {"standard"}
+    for tests in saved["models"].values():
+        for m in tests.values():
+            assert 0.0 <= m["macro_f1"] <= 1.0 and 0.0 <= m["accuracy"] <= 1.0 and m["n"] == 27
+            assert sum(map(sum, m["confusion_matrix"])) == 27
+    drops = saved["drops"]["standard"]
+    m = saved["models"]["standard"]
+    assert drops["biased_to_deceiving"] == m["biased"]["macro_f1"] - m["deceiving"]["macro_f1"]
+    assert 0 < report["C1"] < report["C2"]
+    assert Image.open(tmp_path / "heatmaps.png").size[0] > 200
+    text = (tmp_path / "report.md").read_text()
+    assert "| isnet | deceiving |" in text and "heatmaps.png" in text
+    assert (tmp_path / "runs" / "isnet" / "logs" / "metrics.csv").exists()
+
+
+def test_cli_benchmark_rejects_unknown_profile(capsys):
+    try:
+        main(["benchmark", "--profile", "huge"])
+    except SystemExit as exit:
+        assert exit.code == 2
+    assert "invalid choice" in capsys.readouterr().err

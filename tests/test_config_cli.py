@@ -1,0 +1,85 @@
+"""YAML configs and the fit / test / export commands."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from isnet.cli import main
+from isnet.config import ConfigError, load_config
+from isnet.data.builtin import generate_digits_on_textures
+
+CONFIGS = sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_shipped_configs_are_valid(path):
+    cfg = load_config(path)
+    assert cfg["model"]["P"] > 0 and 0 <= cfg["model"]["d"] <= 1
+    assert cfg["data"]["root"].startswith("path/to/")
+
+
+def test_paper_settings_in_the_configs():
+    by_name = {p.stem: load_config(p) for p in CONFIGS}
+    assert (by_name["covid19"]["model"]["P"], by_name["covid19"]["model"]["d"]) == (0.7, 0.9)
+    assert (by_name["dog_breeds"]["model"]["backbone"], by_name["dog_breeds"]["model"]["C1"]) == ("vgg19", 0.05)
+    assert by_name["dog_breeds"]["data"]["augment"] is False
+    assert by_name["facial_attributes"]["model"]["multilabel"] and by_name["facial_attributes"]["model"]["d"] == 0.996
+    assert (by_name["chexpert"]["model"]["w2"], by_name["chexpert"]["model"]["C1"]) == (1.0, 0.1)
+
+
+def test_broken_configs_name_the_problem(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  backbone: resnet18\n  Pee: 0.3\ndata:\n  root: x\n")
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['Pee'\] in section 'model'"):
+        load_config(bad)
+    bad.write_text("model: [1, 2]\n")
+    with pytest.raises(ConfigError, match="section 'model' must be a mapping"):
+        load_config(bad)
+    bad.write_text("model:\n  P: high\ndata:\n  root: x\n")
+    with pytest.raises(ConfigError, match="model.P has the wrong type"):
+        load_config(bad)
+    bad.write_text("trainer: {max_epochs: 2}\n")
+    with pytest.raises(ConfigError, match="needs 'root'"):
+        load_config(bad)
+    bad.write_text("model: {P: 0.5\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(None, ["P=0.3"])
+
+
+def test_fit_test_export_round_trip(tmp_path):
+    root = generate_digits_on_textures(tmp_path / "data", per_class=(12, 6, 6), size=32)
+    cfg = {
+        "out": str(tmp_path / "run"),
+        "model": {"backbone": "small_cnn", "arch_kwargs": {"width": 4}, "P": 0.5, "d": 0.9, "C1": 0.1, "C2": 50.0},
+        "data": {"root": str(root), "size": 32, "bias": True, "augment": True, "batch_size": 12},
+        "trainer": {"max_epochs": 1},
+    }
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    assert main(["fit", "--config", str(config), "--quiet", "--set", "trainer.max_epochs=2"]) == 0
+    run = tmp_path / "run"
+    checkpoints = list((run / "checkpoints").glob("*.ckpt"))
+    assert len(checkpoints) == 1
+    assert (run / "export" / "backbone.torchscript.pt").exists()
+    metrics = (run / "logs" / "metrics.csv").read_text().splitlines()[0]
+    for column in ("train/L_C", "train/L1", "train/L2", "train/loss", "val/loss", "val/L1"):
+        assert column in metrics
+    assert main(["test", "--config", str(config), "--checkpoint", str(checkpoints[0]), "--quiet"]) == 0
+    results = json.loads((run / "test" / "metrics.json").read_text())["tests"]
+    assert set(results) == {"test/biased", "test/standard", "test/deceiving"}
+    assert all(r["n"] == 18 for r in results.values())
+    assert main(["export", "--checkpoint", str(checkpoints[0]), "--out", str(tmp_path / "exp"), "--size", "32"]) == 0
+    scripted = torch.jit.load(str(tmp_path / "exp" / "backbone.torchscript.pt"))
+    assert scripted(torch.rand(1, 3, 32, 32)).shape == (1, 3)
+
+
+def test_fit_reports_a_broken_config(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("data: {root: " + str(tmp_path / "nowhere") + "}\n")
+    assert main(["fit", "--config", str(config), "--quiet"]) == 2
+    assert "no manifest.csv" in capsys.readouterr().err

@@ -94,7 +94,15 @@ def _fit(args: argparse.Namespace) -> int:
     L.seed_everything(cfg["seed_everything"], verbose=False)
     data = MaskedImageDataModule(**cfg["data"])
     data.setup()
-    module = ISNetModule(num_classes=data.num_classes, class_names=data.classes, **cfg["model"])
+    model_args = dict(cfg["model"])
+    if args.estimate_c_from:
+        from .training import estimate_c1_c2
+
+        standard = ISNetModule.load_from_checkpoint(args.estimate_c_from, map_location="cpu")
+        model_args["C1"], model_args["C2"] = estimate_c1_c2(standard.backbone, data.val_dataloader())
+        cfg["model"].update(C1=model_args["C1"], C2=model_args["C2"])
+        print(f"C1 = {model_args['C1']:.4g}, C2 = {model_args['C2']:.4g} from {args.estimate_c_from}")
+    module = ISNetModule(num_classes=data.num_classes, class_names=data.classes, **model_args)
     trainer = dict(cfg["trainer"])
     max_epochs = trainer.pop("max_epochs", 48)
     out = Path(cfg["out"])
@@ -165,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit", help="train an ISNet (or, with model.P=0, a standard classifier) from a YAML config")
     p.add_argument("--config", help="YAML file with model / data / trainer sections (see configs/)")
     p.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="override config values")
+    p.add_argument("--estimate-c-from", metavar="CHECKPOINT",
+                   help="set C1, C2 from the heatmaps of this standard classifier on the val split (Appendix F.3)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=_fit)
 

@@ -78,8 +78,12 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> dict[
         if not isinstance(config, dict):
             raise ConfigError(f"{path} must hold a mapping with sections {list(SECTIONS)}")
     for item in overrides:
+        if "=" in item and item.split("=", 1)[0] in ("out", "seed_everything"):
+            key, value = item.split("=", 1)
+            config[key] = _parse_value(value)
+            continue
         if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise ConfigError(f"override {item!r} must look like section.key=value")
+            raise ConfigError(f"override {item!r} must look like section.key=value (or out=... / seed_everything=...)")
         dotted, value = item.split("=", 1)
         section, key = dotted.split(".", 1)
         config.setdefault(section, {})

@@ -74,6 +74,11 @@ def test_fit_test_export_round_trip(tmp_path):
     assert set(results) == {"test/biased", "test/standard", "test/deceiving"}
     assert all(r["n"] == 18 for r in results.values())
     assert main(["export", "--checkpoint", str(checkpoints[0]), "--out", str(tmp_path / "exp"), "--size", "32"]) == 0
+    second = ["fit", "--config", str(config), "--quiet", "--set", f"out={tmp_path / 'run2'}", "trainer.max_epochs=1",
+              "--estimate-c-from", str(checkpoints[0])]
+    assert main(second) == 0
+    saved = yaml.safe_load((tmp_path / "run2" / "config.yaml").read_text())
+    assert 0 < saved["model"]["C1"] < saved["model"]["C2"] and saved["model"]["C1"] != 0.1
     scripted = torch.jit.load(str(tmp_path / "exp" / "backbone.torchscript.pt"))
     assert scripted(torch.rand(1, 3, 32, 32)).shape == (1, 3)
 

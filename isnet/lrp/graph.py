@@ -371,6 +371,7 @@ class LRPGraph:
         return found
 
     def _apply_zb(self) -> None:
+        self.first_layers: list[fx.Node] = []
         if not self.zb:
             return
         first = self._first_layers()
@@ -379,7 +380,6 @@ class LRPGraph:
                 f"zB needs a convolution or linear layer that takes the image, and {type(self.model).__name__} "
                 "has none; pass zb=False"
             )
-        self.first_layers = []
         for node, through_reshape in first:
             step = self._steps[node]
             if through_reshape and (self.low.numel() > 1 or self.high.numel() > 1):
@@ -472,8 +472,6 @@ class LRPGraph:
                 args, kwargs = self._load(step.call_node.args, env), self._load(step.call_node.kwargs, env)
                 try:
                     env[node], saved[node] = step.rule.forward(args, kwargs)
-                except (ValueError, UnsupportedOperationError):
-                    raise
                 except RuntimeError as error:
                     raise RuntimeError(f"forward pass failed at {self._where(step.call_node)}: {error}") from error
             else:

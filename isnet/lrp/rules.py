@@ -288,6 +288,9 @@ class AdaptiveAvgPool(_LinearPool):
         return F.adaptive_avg_pool2d(x, size), None
 
     def transpose(self, s: Tensor, input_shape: Sequence[int], params: Any) -> Tensor:
+        if s.shape[-2:] == (1, 1):  # global pooling: every input shares its window's 1 / (H W)
+            height, width = input_shape[-2:]
+            return (s / (height * width)).expand(*s.shape[:-2], height, width)
         return torch.ops.aten._adaptive_avg_pool2d_backward(s, _shape_only(s, input_shape))
 
 

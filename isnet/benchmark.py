@@ -47,18 +47,19 @@ class Profile:
     # small CNN learns within the quick budget.
     batch_norm: bool = False
     batch_size: int = 32
-    standard_epochs: int = 10
-    isnet_epochs: int = 40
-    P: float = 0.7
-    d: float = 0.9
+    standard_epochs: int = 20
+    isnet_epochs: int = 80
+    P: float = 0.8
+    d: float = 0.95
     optimizer: str = "adam"
-    lr: float = 1e-3
+    lr: float = 2e-3
     momentum: float = 0.9
+    lr_schedule: str = "cosine"
 
 
 PROFILES = {
     "quick": Profile("quick"),
-    "long": Profile("long", standard_epochs=30, isnet_epochs=120),
+    "long": Profile("long", standard_epochs=60, isnet_epochs=150),
 }
 
 
@@ -83,7 +84,8 @@ def _datamodule(root: Path, profile: Profile, bias: bool, seed: int) -> MaskedIm
 def _module(profile: Profile, P: float, classes: list[str], **kwargs: Any) -> ISNetModule:
     arch = {"width": profile.width, "batch_norm": profile.batch_norm} if profile.backbone == "small_cnn" else {}
     return ISNetModule(profile.backbone, len(classes), arch_kwargs=arch, P=P, d=profile.d,
-                       optimizer=profile.optimizer, lr=profile.lr, momentum=profile.momentum, class_names=classes,
+                       optimizer=profile.optimizer, lr=profile.lr, momentum=profile.momentum,
+                       lr_schedule=profile.lr_schedule, class_names=classes,
                        **kwargs)
 
 

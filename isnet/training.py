@@ -35,6 +35,7 @@ class ISNetModule(L.LightningModule):
         multilabel: binary cross-entropy and independent labels.
         lr, momentum, weight_decay: optimiser settings (Appendix F.2: SGD, momentum 0.99, lr 1e-3).
         optimizer: ``sgd`` (the paper's) or ``adam`` (momentum then sets beta1).
+        lr_schedule: ``constant`` (the paper's) or ``cosine`` (annealed to 0 over the trainer's max_epochs).
         class_names: names of the K classes, kept with exported models.
     """
 
@@ -61,11 +62,14 @@ class ISNetModule(L.LightningModule):
         momentum: float = defaults.MOMENTUM,
         weight_decay: float = defaults.WEIGHT_DECAY,
         optimizer: str = "sgd",
+        lr_schedule: str = "constant",
         class_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         if optimizer not in ("sgd", "adam"):
             raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
+        if lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
         self.save_hyperparameters()
         model = build_backbone(backbone, num_classes, in_channels, **(arch_kwargs or {}))
         self.net = ISNet(model, epsilon=epsilon, zb=zb, low=low, high=high)
@@ -114,11 +118,17 @@ class ISNetModule(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> Tensor:
         return self._step(batch, "val")
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> Any:
         hp = self.hparams
         if hp.optimizer == "adam":
-            return torch.optim.Adam(self.parameters(), lr=hp.lr, betas=(hp.momentum, 0.999), weight_decay=hp.weight_decay)
-        return torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+            optimiser = torch.optim.Adam(self.parameters(), lr=hp.lr, betas=(hp.momentum, 0.999),
+                                         weight_decay=hp.weight_decay)
+        else:
+            optimiser = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        if hp.lr_schedule == "constant" or self._trainer is None:
+            return optimiser
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, self.trainer.max_epochs))
+        return {"optimizer": optimiser, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
 
     # -- deployment --------------------------------------------------------------------------
     def export(self, folder: str | Path, preprocessing: dict[str, Any] | None = None) -> dict[str, Path]:
@@ -210,6 +220,14 @@ def train(
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
+    import logging
+    import warnings
+
+    for message in (".*does not have many workers.*", ".*smaller than the logging interval.*",
+                    ".*isinstance.treespec, LeafSpec.*"):
+        warnings.filterwarnings("ignore", message)
+    if not progress:
+        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     folder = Path(folder)
     checkpoint = ModelCheckpoint(dirpath=folder / "checkpoints", filename="best-{epoch}", monitor="val/loss",
                                  mode="min", save_top_k=1)

@@ -86,3 +86,14 @@ def test_c1_c2_are_the_range_of_total_absolute_relevance(data):
     totals = torch.cat(totals)
     assert c1 == pytest.approx(totals.min().item()) and c2 == pytest.approx(totals.max().item())
     assert 0 < c1 < c2
+
+
+def test_mixed_precision_and_deterministic_training(data, tmp_path):
+    """bf16 autocast on the CPU (16-bit mixed precision on GPUs) and deterministic algorithms."""
+    from isnet.training import train
+
+    module = ISNetModule("small_cnn", 3, P=0.7, arch_kwargs={"width": 8}, lr=0.01, momentum=0.9, C1=0.5, C2=20.0)
+    module, best = train(module, data, tmp_path, max_epochs=1, progress=False, precision="bf16-mixed",
+                         deterministic=True)
+    assert best is not None and best.exists()
+    assert all(torch.isfinite(p).all() for p in module.parameters())

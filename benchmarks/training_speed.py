@@ -10,12 +10,15 @@ time of both and their ratio for each K.  Usage::
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 
-from isnet.training import ISNetModule
+sys.path.insert(0, str(Path(__file__).parent))
+from explain_speed import median_time  # noqa: E402
+
+from isnet.training import ISNetModule  # noqa: E402
 
 
 def step_time(module: ISNetModule, batch: dict, repeats: int) -> float:
@@ -29,13 +32,7 @@ def step_time(module: ISNetModule, batch: dict, repeats: int) -> float:
         torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
         optimiser.step()
 
-    step()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_time(step, repeats)
 
 
 def main() -> None:

@@ -82,15 +82,10 @@ class ShapeBias:
 
     def draw(self, image: Tensor, k: int) -> Tensor:
         """Copy of ``image`` ``(C, H, W)`` in [0, 1] with class ``k``'s white shape in its corner."""
-        _, H, W = image.shape
-        side = max(1, round(self.fraction * min(H, W)))
-        margin = max(1, side // 2)
-        stencil = shape_stencil(self.shapes[k], side)
-        top = margin if self.corners[k].startswith("top") else H - margin - side
-        left = margin if self.corners[k].endswith("left") else W - margin - side
+        rows, cols = self.region(k, *image.shape[1:])
+        stencil = shape_stencil(self.shapes[k], rows.stop - rows.start)
         out = image.clone()
-        region = out[:, top : top + side, left : left + side]
-        region[:, stencil] = 1.0
+        out[:, rows, cols][:, stencil] = 1.0
         return out
 
     def region(self, k: int, height: int, width: int) -> tuple[slice, slice]:

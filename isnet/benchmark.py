@@ -49,7 +49,7 @@ class Profile:
     batch_size: int = 32
     standard_epochs: int = 20
     isnet_epochs: int = 80
-    P: float = 0.8
+    P: float = 0.85
     d: float = 0.95
     optimizer: str = "adam"
     lr: float = 2e-3

@@ -76,6 +76,12 @@ def _pad_square(img: Image.Image) -> Image.Image:
     return canvas
 
 
+def _to_tensor(img: Image.Image) -> Tensor:
+    """An 8-bit PIL image as a ``(C, H, W)`` float tensor in [0, 1]."""
+    array = np.asarray(img, dtype=np.float32) / 255.0
+    return torch.from_numpy(np.ascontiguousarray(array[None] if array.ndim == 2 else array.transpose(2, 0, 1)))
+
+
 def read_image(path: str | Path, prep: Preprocessing) -> Tensor:
     """An image file as ``(prep.channels, size, size)`` float tensor in [0, 1]."""
     img = _open(Path(path))
@@ -84,9 +90,7 @@ def read_image(path: str | Path, prep: Preprocessing) -> Tensor:
         img = equalize_histogram(img)
     if prep.square:
         img = _pad_square(img)
-    img = img.resize((prep.size, prep.size), Image.BILINEAR)
-    array = np.asarray(img, dtype=np.float32) / 255.0
-    tensor = torch.from_numpy(np.ascontiguousarray(array[None] if array.ndim == 2 else array.transpose(2, 0, 1)))
+    tensor = _to_tensor(img.resize((prep.size, prep.size), Image.BILINEAR))
     if tensor.shape[0] != prep.channels:
         tensor = tensor.expand(prep.channels, -1, -1).clone()
     return tensor
@@ -106,8 +110,7 @@ def load_image(path: str | Path, *, channels: int = 3, size: int | None = None) 
     img = _open(Path(path)).convert("L" if channels == 1 else "RGB")
     if size is not None:
         img = img.resize((size, size), Image.BILINEAR)
-    array = np.asarray(img, dtype=np.float32) / 255.0
-    return torch.from_numpy(np.ascontiguousarray(array[None] if array.ndim == 2 else array.transpose(2, 0, 1)))
+    return _to_tensor(img)
 
 
 def find_images(paths: Iterable[str | Path]) -> list[Path]:

@@ -9,7 +9,10 @@ class to a white shape in a corner, it trains
 * ``reference``: a standard classifier on the same data without the bias,
 
 and tests them on the biased, standard and deceiving test sets (the reference on
-the standard one).  It writes ``report.json``, ``report.md`` and ``heatmaps.png``.
+the standard one) with the statistics of :mod:`isnet.evaluation`.  It writes
+``report.json`` (settings, timings and every statistic), ``metrics.json``,
+``report.md``, ``report.html``, heatmap grids (``heatmaps.png`` for the deceiving
+test, ``heatmaps_<variant>.png`` for the others) and ``training_curves.png``.
 """
 
 from __future__ import annotations
@@ -21,14 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
-import torch
 
 from .data import MaskedImageDataModule
 from .data.builtin import generate_digits_on_textures
-from .lrp import LRPGraph
-from .metrics import classification_summary
-from .render import heatmap_grid
+from .evaluation import evaluate, example_heatmaps, lrp_explainer, pick_examples
+from .render import model_heatmap_grid, training_curves
+from .report import evaluation_report
 from .training import ISNetModule, estimate_c1_c2, train
 
 
@@ -61,17 +62,6 @@ PROFILES = {
     "quick": Profile("quick"),
     "long": Profile("long", standard_epochs=60, isnet_epochs=150),
 }
-
-
-def _predict(model: torch.nn.Module, dataset: Any, batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    preds, labels = [], []
-    model.eval()
-    with torch.no_grad():
-        for batch in loader:
-            preds.append(model(batch["image"]).argmax(1))
-            labels.append(batch["label"])
-    return torch.cat(labels).numpy(), torch.cat(preds).numpy()
 
 
 def _datamodule(root: Path, profile: Profile, bias: bool, seed: int) -> MaskedImageDataModule:
@@ -129,16 +119,22 @@ def run_benchmark(out: str | Path, *, profile: str | Profile = "quick", seed: in
     reference = fit("reference", _module(prof, 0.0, classes), clean, prof.standard_epochs)
 
     models = {"standard": standard, "isnet": isnet, "reference": reference}
-    results: dict[str, dict] = {name: {} for name in models}
+    explainers = {name: lrp_explainer(module.backbone.eval()) for name, module in models.items()}
+    results: dict[str, dict] = {}
     for name, module in models.items():
-        for test_name, dataset in biased.test_sets.items():
-            variant = test_name.split("/")[-1]
-            if name == "reference" and variant != "standard":
-                continue
-            y_true, y_pred = _predict(module.backbone, dataset)
-            results[name][variant] = classification_summary(y_true, y_pred, len(classes))
+        sets = {test_name.split("/")[-1]: dataset for test_name, dataset in biased.test_sets.items()}
+        if name == "reference":
+            sets = {"standard": sets["standard"]}
+        results[name] = evaluate(module.backbone, sets, class_names=classes, explainer=explainers[name],
+                                 seed=seed)
 
-    _figure(out / "heatmaps.png", models, biased, classes)
+    figures = _figures(out, explainers, biased, classes, {name: out / "runs" / name / "logs" / "metrics.csv"
+                                                          for name in models})
+    drops = {
+        name: {f"biased_to_{v}": results[name]["biased"]["macro_f1"] - results[name][v]["macro_f1"]
+               for v in ("standard", "deceiving")}
+        for name in ("standard", "isnet")
+    }
     report = {
         "benchmark": "digits on textures with synthetic shape bias",
         "profile": asdict(prof),
@@ -149,52 +145,39 @@ def run_benchmark(out: str | Path, *, profile: str | Profile = "quick", seed: in
         "train_seconds": timings,
         "total_seconds": time.perf_counter() - started,
         "models": results,
-        "drops": {
-            name: {f"biased_to_{v}": results[name]["biased"]["macro_f1"] - results[name][v]["macro_f1"]
-                   for v in ("standard", "deceiving")}
-            for name in ("standard", "isnet")
-        },
+        "drops": drops,
     }
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    (out / "report.md").write_text(_markdown(report))
+    (out / "metrics.json").write_text(json.dumps(results, indent=2))
+    intro = [
+        f"Profile `{prof.name}`, seed {seed}, classes {', '.join(classes)}. The standard classifier and the ISNet "
+        "are trained on data with the synthetic shape bias; the reference is a standard classifier trained on the "
+        "same data without it. C1 = {:.4g}, C2 = {:.4g} (Appendix F.3, from the standard classifier's heatmaps); "
+        "total time {:.0f} s.".format(c1, c2, report["total_seconds"]),
+        "Test sets: `biased` (shapes as in training), `standard` (no shapes), `deceiving` (shapes permuted "
+        "across classes).",
+    ]
+    named_drops = {m: {"biased → standard": d["biased_to_standard"], "biased → deceiving": d["biased_to_deceiving"]}
+                   for m, d in drops.items()}
+    evaluation_report(results, title="isnet benchmark: digits on textures with synthetic shape bias", intro=intro,
+                      drops=named_drops, figures=figures).write(out)
     return report
 
 
-def _figure(path: Path, models: dict[str, ISNetModule], dm: MaskedImageDataModule, classes: list[str]) -> None:
-    """Figure 1 style: deceiving-test images (one per class) and each model's heatmap for the true class."""
-    dataset = dm.test_sets["test/deceiving"]
-    picks = []
-    for k in range(len(classes)):
-        picks.append(next(i for i in range(len(dataset)) if int(dataset[i]["label"]) == k))
-    images = torch.stack([dataset[i]["image"] for i in picks])
-    labels = [int(dataset[i]["label"]) for i in picks]
-    maps = []
-    for module in models.values():
-        graph = LRPGraph(module.backbone.eval())
-        with torch.no_grad():
-            _, h = graph(images)
-        maps.append(h[torch.arange(len(picks)), torch.tensor(labels)])
-    heatmaps = torch.stack(maps, dim=1)  # (N, models, C, H, W)
-    heatmap_grid(path, images, heatmaps, row_labels=[f"true: {classes[k]}" for k in labels],
-                 column_labels=list(models), title="LRP heatmaps for the true class (deceiving test)")
-
-
-def _markdown(report: dict) -> str:
-    lines = [
-        "# isnet benchmark: digits on textures with synthetic shape bias",
-        "",
-        f"Profile `{report['profile']['name']}`, seed {report['seed']}, classes {', '.join(report['classes'])}; "
-        f"C1 = {report['C1']:.4g}, C2 = {report['C2']:.4g} (from the standard classifier's heatmaps); "
-        f"total time {report['total_seconds']:.0f} s.",
-        "",
-        "| model | test set | macro-F1 | accuracy | n |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for name, tests in report["models"].items():
-        for variant, m in tests.items():
-            lines.append(f"| {name} | {variant} | {m['macro_f1']:.3f} | {m['accuracy']:.3f} | {m['n']} |")
-    lines += ["", "Drop in macro-F1 from the biased test:", ""]
-    for name, drops in report["drops"].items():
-        lines.append(f"- {name}: to standard {drops['biased_to_standard']:+.3f}, to deceiving {drops['biased_to_deceiving']:+.3f}")
-    lines += ["", "![heatmaps](heatmaps.png)", ""]
-    return "\n".join(lines)
+def _figures(out: Path, explainers: dict, dm: MaskedImageDataModule, classes: list[str],
+             logs: dict[str, Path]) -> list[tuple[str, str]]:
+    """Figure 1 style heatmap grids (two images per class) for every test variant, and training curves."""
+    figures = []
+    for test_name, dataset in dm.test_sets.items():
+        variant = test_name.split("/")[-1]
+        picks = pick_examples(dataset, len(classes), per_class=2)
+        images, maps, labels = example_heatmaps(explainers, dataset, picks)
+        name = "heatmaps.png" if variant == "deceiving" else f"heatmaps_{variant}.png"
+        model_heatmap_grid(out / name, images, maps, model_names=list(explainers),
+                           column_labels=[classes[k] for k in labels],
+                           title=f"LRP heatmaps for the true class ({variant} test)")
+        figures.append((name, f"LRP heatmaps of the true class (above each column), {variant} test; "
+                              "red positive, blue negative relevance"))
+    training_curves(out / "training_curves.png", logs)
+    figures.append(("training_curves.png", "Training (solid) and validation (dashed) losses per epoch"))
+    return figures

@@ -119,10 +119,29 @@ def _preprocessing(data: dict) -> dict:
     return {k: data[k] for k in keys if k in data}
 
 
+def _named_checkpoints(specs: Sequence[str]) -> dict[str, Path]:
+    """``PATH`` or ``NAME=PATH`` -> ``{name: path}``; a bare path is named after its run folder."""
+    named: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or Path(spec).is_file():  # checkpoint file names often hold '=' (best-epoch=3.ckpt)
+            path = spec
+            p = Path(spec)
+            name = p.parent.parent.name if p.parent.name == "checkpoints" else p.stem
+        if name in named:
+            raise ValueError(f"two checkpoints are named {name!r}; name them with NAME=PATH")
+        if not Path(path).is_file():
+            raise ValueError(f"checkpoint {path} does not exist")
+        named[name] = Path(path)
+    return named
+
+
 def _test(args: argparse.Namespace) -> int:
     from .config import load_config
     from .data import MaskedImageDataModule
-    from .metrics import classification_summary, multilabel_summary
+    from .evaluation import evaluate, example_heatmaps, lrp_explainer, pick_examples, validation_thresholds
+    from .render import model_heatmap_grid, training_curves
+    from .report import evaluation_report
     from .training import ISNetModule
 
     cfg = load_config(args.config, args.set)
@@ -130,29 +149,54 @@ def _test(args: argparse.Namespace) -> int:
         cfg["data"]["test_splits"] = args.splits
     data = MaskedImageDataModule(**cfg["data"])
     data.setup()
-    module = ISNetModule.load_from_checkpoint(args.checkpoint, map_location="cpu").eval()
-    results = {}
-    from tqdm import tqdm
-
-    for name, dataset in tqdm(list(data.test_sets.items()), desc="testing", disable=args.quiet):
-        loader = torch.utils.data.DataLoader(dataset, batch_size=data.batch_size)
-        scores, labels = [], []
-        with torch.no_grad():
-            for batch in loader:
-                scores.append(module(batch["image"]))
-                labels.append(batch["label"])
-        logits, y = torch.cat(scores), torch.cat(labels)
-        if module.hparams.multilabel:
-            results[name] = multilabel_summary(y.numpy(), torch.sigmoid(logits).numpy())
-        else:
-            results[name] = classification_summary(y.numpy(), logits.argmax(1).numpy(), data.num_classes)
+    checkpoints = _named_checkpoints(args.checkpoint)
+    modules = {name: ISNetModule.load_from_checkpoint(path, map_location="cpu").eval()
+               for name, path in checkpoints.items()}
+    results, thresholds, explainers = {}, {}, {}
+    for name, module in modules.items():
+        hp = module.hparams
+        if hp.multilabel:
+            thresholds[name] = validation_thresholds(module.backbone, data.val_set, batch_size=data.batch_size)
+        explainers[name] = None if args.no_heatmaps else lrp_explainer(
+            module.backbone, epsilon=hp.epsilon, zb=hp.zb, low=hp.low, high=hp.high)
+        if not args.quiet:
+            print(f"testing {name}", flush=True)
+        results[name] = evaluate(module.backbone, data.test_sets, class_names=data.classes, multilabel=data.multilabel,
+                                 thresholds=thresholds.get(name), explainer=explainers[name],
+                                 batch_size=data.batch_size, progress=not args.quiet, seed=cfg["seed_everything"])
     out = Path(args.out or Path(cfg["out"]) / "test")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps({"checkpoint": str(args.checkpoint), "tests": results}, indent=2))
-    lines = ["| test set | macro-F1 | accuracy | n |", "| --- | --- | --- | --- |"]
-    lines += [f"| {n} | {m['macro_f1']:.3f} | {m['accuracy']:.3f} | {m['n']} |" for n, m in results.items()]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    saved = {"checkpoints": {n: str(p) for n, p in checkpoints.items()}, "models": results}
+    if thresholds:
+        saved["thresholds"] = {n: t.tolist() for n, t in thresholds.items()}
+    (out / "metrics.json").write_text(json.dumps(saved, indent=2))
+
+    figures = []
+    if not args.no_heatmaps:
+        for test_name, dataset in data.test_sets.items():
+            picks = pick_examples(dataset, data.num_classes, per_class=2, multilabel=data.multilabel)
+            if not picks:
+                continue
+            images, maps, labels = example_heatmaps(explainers, dataset, picks, multilabel=data.multilabel)
+            file = "heatmaps_" + test_name.replace("/", "_") + ".png"
+            model_heatmap_grid(out / file, images, maps, model_names=list(explainers),
+                               column_labels=[data.classes[k] for k in labels],
+                               title=f"LRP heatmaps for the true class ({test_name})")
+            figures.append((file, f"LRP heatmaps of the true class (above each column), {test_name}; "
+                                  "red positive, blue negative relevance"))
+    logs = {n: p.parent.parent / "logs" / "metrics.csv" for n, p in checkpoints.items()}
+    logs = {n: p for n, p in logs.items() if p.is_file()}
+    if logs:
+        training_curves(out / "training_curves.png", logs)
+        figures.append(("training_curves.png", "Training (solid) and validation (dashed) losses per epoch"))
+    intro = [f"Checkpoints: {', '.join(f'{n} = {p}' for n, p in checkpoints.items())}. "
+             f"Data: {cfg['data']['root']}; test sets: {', '.join(data.test_sets)}."]
+    if thresholds:
+        intro.append("Multi-label decision thresholds maximise macro-F1 on the val split (Appendix F.2).")
+    files = evaluation_report(results, title="isnet test report", intro=intro, figures=figures).write(out)
+    if not args.quiet:
+        print(files["markdown"].read_text())
+    print(f"wrote {out / 'metrics.json'}, {files['markdown']} and {files['html']}")
     return 0
 
 
@@ -178,10 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=_fit)
 
-    p = sub.add_parser("test", help="evaluate a checkpoint on every test split (biased / standard / deceiving with bias)")
+    p = sub.add_parser("test", help="evaluate checkpoints on every test split (biased / standard / deceiving with bias) and write a report")
     p.add_argument("--config", help="the YAML config used for fit")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, nargs="+", metavar="[NAME=]PATH",
+                   help="one or more checkpoints, compared side by side (named after their run folder by default)")
     p.add_argument("--splits", nargs="*", help="test splits (default: all but train and val)")
+    p.add_argument("--no-heatmaps", action="store_true",
+                   help="skip the LRP heatmaps (background-attention metrics and heatmap figures)")
     p.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument("--out", help="output folder (default: <out>/test)")
     p.add_argument("--quiet", action="store_true")

@@ -134,3 +134,104 @@ def heatmap_grid(
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def model_heatmap_grid(
+    path: str | Path,
+    images: Tensor | np.ndarray,
+    heatmaps: Tensor | np.ndarray,
+    *,
+    model_names: Sequence[str],
+    column_labels: Sequence[str],
+    title: str | None = None,
+) -> Path:
+    """Figures 1 and 2 of the paper: the input images in the first row, then one row of
+    heatmaps per model with its name on the left; each column's label (e.g. the true
+    class) above it.
+
+    Args:
+        images: ``(N, C, H, W)`` in [0, 1].
+        heatmaps: ``(M, N, C, H, W)`` for M models; each map scaled by its own largest ``|value|``.
+        model_names: M row labels.
+        column_labels: N column labels.
+    """
+    imgs, maps = _to_numpy(images), _to_numpy(heatmaps)
+    if imgs.ndim != 4 or maps.ndim != 5 or maps.shape[1] != imgs.shape[0]:
+        raise ValueError(f"need images (N, C, H, W) and heatmaps (M, N, C, H, W), got {imgs.shape} and {maps.shape}")
+    m, n = maps.shape[:2]
+    if len(model_names) != m or len(column_labels) != n:
+        raise ValueError(f"need {m} model names and {n} column labels, got {len(model_names)} and {len(column_labels)}")
+    fig, axes = plt.subplots(m + 1, n, figsize=(1.7 * n + 0.8, 1.7 * (m + 1) + (0.4 if title else 0)), squeeze=False)
+    for j in range(n):
+        axes[0, j].imshow(image_to_rgb(imgs[j]))
+        axes[0, j].set_title(column_labels[j], fontsize=9)
+        for i in range(m):
+            axes[i + 1, j].imshow(heatmap_to_rgb(maps[i, j]))
+    axes[0, 0].set_ylabel("input", fontsize=9)
+    for i, name in enumerate(model_names):
+        axes[i + 1, 0].set_ylabel(name, fontsize=9)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def read_log(path: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """Epoch-level values of a Lightning ``CSVLogger`` ``metrics.csv``: ``{column: [(epoch, value)]}``."""
+    import csv
+
+    series: dict[str, list[tuple[int, float]]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            epoch = row.get("epoch", "")
+            if epoch == "":
+                continue
+            for key, value in row.items():
+                if key in ("epoch", "step") or value in ("", None):
+                    continue
+                series.setdefault(key, []).append((int(float(epoch)), float(value)))
+    return series
+
+
+def training_curves(path: str | Path, logs: dict[str, str | Path], *, title: str | None = None) -> Path:
+    """Training and validation losses per epoch from each model's ``metrics.csv``.
+
+    One panel per quantity found (``loss`` = L_IS, ``L_C``, ``L1``, ``L2``, ``accuracy``), one
+    colour per model, solid for training and dashed for validation.
+
+    Args:
+        logs: ``{model name: path of its metrics.csv}``.
+    """
+    data = {name: read_log(p) for name, p in logs.items()}
+    quantities = [q for q in ("loss", "L_C", "L1", "L2", "accuracy")
+                  if any(f"train/{q}" in d or f"val/{q}" in d for d in data.values())]
+    if not quantities:
+        raise ValueError(f"no train/ or val/ columns in the logs {list(map(str, logs.values()))}")
+    fig, axes = plt.subplots(1, len(quantities), figsize=(3.2 * len(quantities), 2.8), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, q in zip(axes[0], quantities):
+        for c, (name, d) in enumerate(data.items()):
+            for stage, style in (("train", "-"), ("val", "--")):
+                points = d.get(f"{stage}/{q}")
+                if points:
+                    e, v = zip(*points)
+                    ax.plot(e, v, style, marker=".", color=colours[c % len(colours)], label=f"{name} {stage}")
+        ax.set_title({"loss": "loss (L_IS)"}.get(q, q), fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0, 0].legend(fontsize=6)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

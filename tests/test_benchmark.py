@@ -26,7 +26,18 @@ def test_benchmark_writes_reports(tmp_path):
     assert 0 < report["C1"] < report["C2"]
     assert Image.open(tmp_path / "heatmaps.png").size[0] > 200
     text = (tmp_path / "report.md").read_text()
-    assert "| isnet | deceiving |" in text and "heatmaps.png" in text
+    assert "| isnet | deceiving |" in text and "heatmaps.png" in text and "Table 4" in text
+    f1 = m["deceiving"]["bayesian"]["macro"]["f1"]
+    assert f"{f1['mean']:.3f} ± {f1['std']:.3f}" in text
+    assert f"standard: biased → standard {drops['biased_to_standard']:.3f}" in text
+    for tests in saved["models"].values():
+        for m in tests.values():
+            assert m["attention"]["background_share"]["n"] == 27
+            assert 0.0 <= m["attention"]["mass_accuracy"]["mean"] <= 1.0
+    assert json.loads((tmp_path / "metrics.json").read_text()) == saved["models"]
+    assert "data:image/png;base64," in (tmp_path / "report.html").read_text()
+    for name in ("heatmaps_biased.png", "heatmaps_standard.png", "training_curves.png"):
+        assert (tmp_path / name).exists()
     assert (tmp_path / "runs" / "isnet" / "logs" / "metrics.csv").exists()
 
 

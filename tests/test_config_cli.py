@@ -70,9 +70,15 @@ def test_fit_test_export_round_trip(tmp_path):
     for column in ("train/L_C", "train/L1", "train/L2", "train/loss", "val/loss", "val/L1"):
         assert column in metrics
     assert main(["test", "--config", str(config), "--checkpoint", str(checkpoints[0]), "--quiet"]) == 0
-    results = json.loads((run / "test" / "metrics.json").read_text())["tests"]
+    results = json.loads((run / "test" / "metrics.json").read_text())["models"]["run"]
     assert set(results) == {"test/biased", "test/standard", "test/deceiving"}
-    assert all(r["n"] == 18 for r in results.values())
+    for r in results.values():
+        assert r["n"] == 18 and sum(map(sum, r["confusion_matrix"])) == 18
+        assert r["bayesian"]["macro"]["f1"]["hdi"][0] <= r["bayesian"]["macro"]["f1"]["hdi"][1]
+        assert r["attention"]["background_share"]["n"] == 18
+    html = (run / "test" / "report.html").read_text()
+    assert "data:image/png;base64," in html and "Table 4" in html and "http" not in html
+    assert (run / "test" / "heatmaps_test_deceiving.png").exists() and (run / "test" / "training_curves.png").exists()
     assert main(["export", "--checkpoint", str(checkpoints[0]), "--out", str(tmp_path / "exp"), "--size", "32"]) == 0
     second = ["fit", "--config", str(config), "--quiet", "--set", f"out={tmp_path / 'run2'}", "trainer.max_epochs=1",
               "--estimate-c-from", str(checkpoints[0])]
@@ -88,3 +94,34 @@ def test_fit_reports_a_broken_config(tmp_path, capsys):
     config.write_text("data: {root: " + str(tmp_path / "nowhere") + "}\n")
     assert main(["fit", "--config", str(config), "--quiet"]) == 2
     assert "no manifest.csv" in capsys.readouterr().err
+
+
+def test_multilabel_fit_and_test_compare_two_checkpoints(tmp_path):
+    from tests.data.test_datamodule import make_folder
+
+    labels = ["smile|cheeks", "cheeks", "smile", "smile|cheeks"]
+    rows = [(f"t{i}", True, labels[i % 4], "train") for i in range(8)]
+    rows += [(f"v{i}", True, labels[i % 4], "val") for i in range(4)]
+    rows += [(f"x{i}", i % 2 == 0, labels[i % 4], "test") for i in range(6)]  # some test rows without masks
+    root = make_folder(tmp_path / "ml", rows)
+    cfg = {
+        "out": str(tmp_path / "a"),
+        "model": {"backbone": "small_cnn", "arch_kwargs": {"width": 4}, "P": 0.5, "d": 0.9, "multilabel": True},
+        "data": {"root": str(root), "size": 16, "multilabel": True, "augment": False, "batch_size": 4},
+        "trainer": {"max_epochs": 1},
+    }
+    config = tmp_path / "ml.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    assert main(["fit", "--config", str(config), "--quiet"]) == 0
+    assert main(["fit", "--config", str(config), "--quiet", "--set", f"out={tmp_path / 'b'}", "model.P=0"]) == 0
+    a, b = (next((tmp_path / n / "checkpoints").glob("*.ckpt")) for n in "ab")
+    assert main(["test", "--config", str(config), "--checkpoint", f"isnet={a}", f"standard={b}", "--quiet",
+                 "--out", str(tmp_path / "report")]) == 0
+    saved = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert set(saved["models"]) == {"isnet", "standard"} and len(saved["thresholds"]["isnet"]) == 2
+    m = saved["models"]["isnet"]["test"]
+    assert m["task"] == "multi-label" and m["thresholds"] == saved["thresholds"]["isnet"]
+    assert m["attention"]["background_share"]["n"] == 3 and m["attention"]["background_share"]["skipped"] == 3
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "Wilson" in md and "| isnet | cheeks |" in md and "| standard | smile |" in md
+    assert main(["test", "--config", str(config), "--checkpoint", str(a), str(a), "--quiet"]) == 2

@@ -52,3 +52,25 @@ def test_png_files_open(tmp_path):
     grid = heatmap_grid(tmp_path / "grid.png", torch.rand(2, 3, 8, 8), torch.randn(2, 3, 3, 8, 8),
                         row_labels=["a", "b"], column_labels=["x", "y", "z"], title="t")
     assert Image.open(grid).size[0] > 100
+
+
+def test_model_heatmap_grid_and_training_curves(tmp_path):
+    from PIL import Image
+
+    from isnet.render import model_heatmap_grid, read_log, training_curves
+
+    path = model_heatmap_grid(tmp_path / "g.png", torch.rand(3, 3, 8, 8), torch.randn(2, 3, 3, 8, 8),
+                              model_names=["standard", "isnet"], column_labels=["a", "b", "c"], title="t")
+    w, h = Image.open(path).size
+    assert w > 300 and h > 300
+    with pytest.raises(ValueError, match="need 2 model names"):
+        model_heatmap_grid(tmp_path / "x.png", torch.rand(3, 3, 8, 8), torch.randn(2, 3, 3, 8, 8),
+                           model_names=["one"], column_labels=["a", "b", "c"])
+    log = tmp_path / "metrics.csv"
+    log.write_text("epoch,step,train/loss,val/loss,val/L1\n0,5,,1.5,0.3\n0,5,2.0,,\n1,10,,1.2,0.2\n1,10,1.7,,\n")
+    series = read_log(log)
+    assert series["val/loss"] == [(0, 1.5), (1, 1.2)] and series["train/loss"] == [(0, 2.0), (1, 1.7)]
+    assert Image.open(training_curves(tmp_path / "c.png", {"isnet": log})).size[0] > 300
+    log.write_text("epoch,step,lr\n0,1,0.1\n")
+    with pytest.raises(ValueError, match="no train/ or val/ columns"):
+        training_curves(tmp_path / "d.png", {"x": log})

@@ -1,0 +1,191 @@
+"""Run trained models on test sets and compute their statistics (Appendix J) and
+background attention.
+
+The statistics themselves are pure functions in :mod:`isnet.metrics`; this module
+feeds them: it runs a model over a dataset (items as produced by
+:class:`~isnet.data.MaskedImageDataset`: ``image``, ``mask``, ``label``), keeps its
+outputs, and explains each decision with LRP to measure how much relevance falls in
+the background.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from . import defaults
+from .metrics import attention_metrics, attention_summary, best_thresholds, evaluate_scores
+
+Explainer = Callable[[Tensor], tuple[Tensor, Tensor]]
+"""``images (B, C, H, W) -> (logits (B, K), heatmaps (B, K, C, H, W))``."""
+
+
+def lrp_explainer(model: nn.Module, *, epsilon: float = defaults.EPSILON, zb: bool = defaults.ZB,
+                  low: float = defaults.ZB_LOW, high: float = defaults.ZB_HIGH) -> Explainer:
+    """LRP heatmaps of every class (the engine's rules, Alg. 1 step 2c) as an :data:`Explainer`."""
+    from .lrp import LRPGraph
+
+    graph = LRPGraph(model, epsilon=epsilon, zb=zb, low=low, high=high)
+
+    def explain(images: Tensor) -> tuple[Tensor, Tensor]:
+        with torch.no_grad():
+            return graph(images)
+
+    return explain
+
+
+@dataclass
+class Outputs:
+    """A model's outputs on one test set.
+
+    Attributes:
+        scores: ``(N, K)`` logits.
+        labels: ``(N,)`` class indices or ``(N, K)`` 0/1 targets.
+        attention: per-image background-attention metrics ``{name: (N,)}`` (NaN where the
+            image has no mask), or ``None`` when no heatmaps were computed.
+    """
+
+    scores: np.ndarray
+    labels: np.ndarray
+    attention: dict[str, np.ndarray] | None = None
+
+
+def explained_maps(heatmaps: Tensor, labels: Tensor, multilabel: bool) -> tuple[Tensor, Tensor]:
+    """The heatmaps of the true classes and the index of the image each belongs to.
+
+    Single-label: one map per image, of its class.  Multi-label: one map per positive
+    label of each image.
+
+    Args:
+        heatmaps: ``(B, K, C, H, W)``.
+        labels: ``(B,)`` indices or ``(B, K)`` 0/1 targets.
+
+    Returns:
+        ``(maps (M, C, H, W), image (M,))``.
+    """
+    if multilabel:
+        image, k = torch.nonzero(labels > 0.5, as_tuple=True)
+    else:
+        image = torch.arange(len(labels), device=heatmaps.device)
+        k = labels.long()
+    return heatmaps[image, k], image
+
+
+def collect_outputs(model: nn.Module, dataset: Dataset, *, multilabel: bool = False, batch_size: int = 64,
+                    explainer: Explainer | None = None) -> Outputs:
+    """Run ``model`` (in eval mode) over ``dataset``.
+
+    With an ``explainer``, each true class's heatmap is compared with the image's mask
+    (:func:`isnet.metrics.attention_metrics`); for multi-label tasks the values of an
+    image are averaged over its positive labels.
+    """
+    model.eval()
+    scores, labels, attention = [], [], []
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        images, y = batch["image"], batch["label"]
+        if explainer is None:
+            with torch.no_grad():
+                logits = model(images)
+        else:
+            logits, heatmaps = explainer(images)
+            maps, owner = explained_maps(heatmaps, y, multilabel)
+            per_map = attention_metrics(maps.cpu().numpy(), batch["mask"][owner.cpu()].numpy())
+            per_image = {}
+            for name, v in per_map.items():
+                total = np.zeros(len(y))
+                count = np.zeros(len(y))
+                finite = np.isfinite(v)
+                np.add.at(total, owner.cpu().numpy()[finite], v[finite])
+                np.add.at(count, owner.cpu().numpy()[finite], 1)
+                per_image[name] = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+            attention.append(per_image)
+        scores.append(logits.detach().float().cpu())
+        labels.append(y)
+    att = ({name: np.concatenate([a[name] for a in attention]) for name in attention[0]} if attention else None)
+    return Outputs(torch.cat(scores).numpy(), torch.cat(labels).numpy(), att)
+
+
+def validation_thresholds(model: nn.Module, dataset: Dataset, *, batch_size: int = 64) -> np.ndarray:
+    """Multi-label decision thresholds that maximise macro-F1 on ``dataset`` (Appendix F.2); ``(K,)``."""
+    out = collect_outputs(model, dataset, multilabel=True, batch_size=batch_size)
+    return best_thresholds(out.labels.astype(int), 1 / (1 + np.exp(-out.scores)))
+
+
+def evaluate(model: nn.Module, test_sets: Mapping[str, Dataset], *, class_names: Sequence[str],
+             multilabel: bool = False, thresholds: np.ndarray | None = None, explainer: Explainer | None = None,
+             batch_size: int = 64, progress: bool = False, **stats: Any) -> dict[str, dict]:
+    """All statistics of ``model`` on every test set.
+
+    Args:
+        test_sets: ``{name: dataset}``.
+        thresholds: multi-label decision thresholds (see :func:`validation_thresholds`).
+        explainer: heatmaps for the background-attention metrics (e.g. :func:`lrp_explainer`);
+            ``None`` skips them.
+        stats: passed to :func:`isnet.metrics.evaluate_scores` (``prior``, ``draws``, ``seed``,
+            ``confidence``).
+
+    Returns:
+        ``{test_set: metrics}`` with the keys of :func:`isnet.metrics.evaluate_scores`, plus
+        ``attention`` when an explainer is given.
+    """
+    from tqdm import tqdm
+
+    results = {}
+    for name, dataset in tqdm(list(test_sets.items()), desc="testing", disable=not progress, leave=False):
+        out = collect_outputs(model, dataset, multilabel=multilabel, batch_size=batch_size, explainer=explainer)
+        labels = out.labels.astype(int)
+        metrics = evaluate_scores(labels, out.scores, class_names=class_names, multilabel=multilabel,
+                                  thresholds=thresholds, **stats)
+        if out.attention is not None:
+            metrics["attention"] = attention_summary(out.attention)
+        results[name] = metrics
+    return results
+
+
+def _first_class(y: Tensor, multilabel: bool) -> int | None:
+    """The class index of a single-label target, or the first positive label (``None`` if none)."""
+    if not multilabel:
+        return int(y)
+    positive = torch.nonzero(y > 0.5)
+    return int(positive[0, 0]) if len(positive) else None
+
+
+def example_heatmaps(explainers: Mapping[str, Explainer], dataset: Dataset, indices: Sequence[int], *,
+                     multilabel: bool = False) -> tuple[Tensor, Tensor, list]:
+    """Images and every model's heatmap of each image's (first) true class, for Figure 1 style grids.
+
+    Every image must have a true class (multi-label: at least one positive label).
+
+    Returns:
+        ``(images (N, C, H, W), heatmaps (M, N, C, H, W), classes)`` for M models, with the
+        explained class index of each image.
+    """
+    items = [dataset[i] for i in indices]
+    images = torch.stack([it["image"] for it in items])
+    classes = [_first_class(it["label"], multilabel) for it in items]
+    if None in classes:
+        raise ValueError("every example image needs a positive label to explain")
+    index = torch.arange(len(items))
+    maps = []
+    for explain in explainers.values():
+        _, h = explain(images)
+        maps.append(h[index, torch.tensor(classes)].detach().float().cpu())
+    return images, torch.stack(maps), classes
+
+
+def pick_examples(dataset: Dataset, num_classes: int, per_class: int = 1, multilabel: bool = False) -> list[int]:
+    """Indices of the first ``per_class`` images of each class (single-label), or the first
+    images that have some positive label (multi-label), in dataset order."""
+    picks: dict[int, list[int]] = {k: [] for k in range(num_classes)}
+    for i in range(len(dataset)):
+        k = _first_class(dataset[i]["label"], multilabel)
+        if k is not None and len(picks[k]) < per_class:
+            picks[k].append(i)
+        if all(len(v) == per_class for v in picks.values()):
+            break
+    return [i for k in range(num_classes) for i in picks[k]]

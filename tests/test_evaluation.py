@@ -1,0 +1,91 @@
+"""Running models over test sets: outputs, background attention from LRP heatmaps, thresholds."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from isnet.evaluation import (
+    collect_outputs,
+    evaluate,
+    example_heatmaps,
+    explained_maps,
+    lrp_explainer,
+    pick_examples,
+    validation_thresholds,
+)
+
+
+class Items(torch.utils.data.Dataset):
+    def __init__(self, images, masks, labels):
+        self.images, self.masks, self.labels = images, masks, labels
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return {"image": self.images[i], "mask": self.masks[i], "label": self.labels[i]}
+
+
+def _left_half_model(num_classes=2):
+    """A linear model that only looks at the left half of an 8x8 image."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))
+    with torch.no_grad():
+        w = torch.zeros(num_classes, 1, 8, 8)
+        w[:, :, :, :4] = torch.randn(num_classes, 1, 8, 4)
+        model[1].weight.copy_(w.flatten(1))
+        model[1].bias.zero_()
+    return model
+
+
+def test_attention_of_a_model_that_looks_only_at_the_left_half():
+    images = torch.rand(6, 1, 8, 8) + 0.1
+    left, right = torch.zeros(6, 1, 8, 8), torch.zeros(6, 1, 8, 8)
+    left[..., :4] = 1
+    right[..., 4:] = 1
+    labels = torch.tensor([0, 1, 0, 1, 0, 1])
+    model = _left_half_model()
+    explain = lrp_explainer(model, zb=False, epsilon=0.0)
+    on_left = collect_outputs(model, Items(images, left, labels), explainer=explain, batch_size=4)
+    on_right = collect_outputs(model, Items(images, right, labels), explainer=explain, batch_size=4)
+    np.testing.assert_allclose(on_left.attention["background_share"], 0.0, atol=1e-6)
+    np.testing.assert_allclose(on_right.attention["background_share"], 1.0, atol=1e-6)
+    assert on_left.scores.shape == (6, 2)
+    np.testing.assert_allclose(on_left.scores, model(images).detach().numpy(), rtol=1e-5)
+
+
+def test_explained_maps_single_and_multilabel():
+    h = torch.arange(2 * 3 * 1 * 2 * 2, dtype=torch.float).view(2, 3, 1, 2, 2)
+    maps, owner = explained_maps(h, torch.tensor([2, 0]), multilabel=False)
+    assert torch.equal(maps, torch.stack([h[0, 2], h[1, 0]])) and owner.tolist() == [0, 1]
+    maps, owner = explained_maps(h, torch.tensor([[1.0, 0, 1], [0, 0, 0]]), multilabel=True)
+    assert torch.equal(maps, torch.stack([h[0, 0], h[0, 2]])) and owner.tolist() == [0, 0]
+
+
+def test_evaluate_multilabel_with_validation_thresholds():
+    torch.manual_seed(0)
+    images = torch.rand(40, 1, 8, 8)
+    masks = torch.ones(40, 1, 8, 8)
+    labels = (torch.rand(40, 3) < 0.5).float()
+    model = _left_half_model(3)
+    data = Items(images, masks, labels)
+    t = validation_thresholds(model, data)
+    assert t.shape == (3,) and np.isfinite(t).all()
+    out = evaluate(model, {"val": data}, class_names=["a", "b", "c"], multilabel=True, thresholds=t,
+                   explainer=lrp_explainer(model, zb=False))
+    m = out["val"]
+    assert m["task"] == "multi-label" and m["thresholds"] == pytest.approx(t.tolist())
+    # full masks: no background at all, so no relevance can be in it
+    assert m["attention"]["background_share"]["mean"] == pytest.approx(0.0, abs=1e-6)
+    assert m["attention"]["background_share"]["n"] == int((labels.sum(1) > 0).sum())
+
+
+def test_examples_for_figures():
+    labels = torch.tensor([1, 1, 0, 2, 0, 2])
+    data = Items(torch.rand(6, 1, 8, 8), torch.ones(6, 1, 8, 8), labels)
+    picks = pick_examples(data, 3, per_class=1)
+    assert picks == [2, 0, 3]
+    model = _left_half_model(3)
+    images, maps, classes = example_heatmaps({"a": lrp_explainer(model, zb=False),
+                                              "b": lrp_explainer(model, zb=False)}, data, picks)
+    assert images.shape == (3, 1, 8, 8) and maps.shape == (2, 3, 1, 8, 8) and classes == [0, 1, 2]

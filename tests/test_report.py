@@ -1,0 +1,61 @@
+"""Reports: Markdown and self-contained HTML with the paper's table shapes."""
+
+import numpy as np
+import pytest
+
+from isnet.metrics import evaluate_scores
+from isnet.render import save_png
+from isnet.report import Report, evaluation_report
+
+
+def _results(multilabel=False, k=3):
+    rng = np.random.default_rng(0)
+    out = {}
+    for model in ("standard", "isnet"):
+        out[model] = {}
+        for test in ("biased", "deceiving"):
+            if multilabel:
+                y = (rng.random((50, k)) < 0.5).astype(int)
+            else:
+                y = rng.integers(0, k, 50)
+            m = evaluate_scores(y, rng.normal(size=(50, k)), class_names=[f"c{i}" for i in range(k)],
+                                multilabel=multilabel, draws=500)
+            m["attention"] = {name: {"mean": 0.25, "std": 0.1, "n": 50, "skipped": 0}
+                              for name in ("background_share", "mass_accuracy", "rank_accuracy")}
+            out[model][test] = m
+    return out
+
+
+def test_single_label_report_tables(tmp_path):
+    results = _results()
+    save_png(tmp_path / "fig.png", np.zeros((4, 4, 3), np.uint8))
+    report = evaluation_report(results, title="T", intro=["hello"], drops={"standard": {"biased → deceiving": 0.5}},
+                               figures=[("fig.png", "a figure")])
+    files = report.write(tmp_path)
+    md = files["markdown"].read_text()
+    b = results["isnet"]["biased"]["bayesian"]["macro"]["f1"]
+    assert f"| isnet | {b['mean']:.3f} ± {b['std']:.3f} |" in md  # Table 1 row, computed values
+    assert f"[{b['hdi'][0]:.3f}, {b['hdi'][1]:.3f}]" in md  # HDI in Table 2
+    cm = results["standard"]["biased"]["confusion_matrix"]
+    assert "| standard | c0 | " + " | ".join(map(str, cm[0])) + " |" in md  # Table 4
+    assert "Hand-Till" in md and "DeLong" in md and "background share" in md
+    assert "standard: biased → deceiving 0.500" in md and "![a figure](fig.png)" in md
+    page = files["html"].read_text()
+    assert page.startswith("<!DOCTYPE html>") and "data:image/png;base64," in page
+    assert "src=\"fig.png\"" not in page and "<table>" in page and "http" not in page
+
+
+def test_multilabel_and_binary_reports_use_wilson_intervals(tmp_path):
+    md = evaluation_report(_results(multilabel=True), title="M").markdown()
+    assert "Wilson" in md and "threshold" in md and "Hand-Till" not in md
+    md = evaluation_report(_results(k=2), title="B").markdown()
+    assert "binary task" in md and "HDI" in md
+
+
+def test_report_blocks_and_escaping(tmp_path):
+    r = Report("<title>")
+    r.table(["a", "b"], [["1", "x|y"]])
+    assert "x\\|y" in r.markdown()
+    assert "&lt;title&gt;" in r.html(tmp_path)
+    with pytest.raises(ValueError, match="has 1 cells for 2 columns"):
+        r.table(["a", "b"], [["1"]])

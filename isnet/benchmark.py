@@ -1,18 +1,20 @@
-"""The built-in benchmark (the paper's Table 1 pattern on offline data).
+"""The built-in benchmarks: the paper's comparisons on offline data.
 
-On MNIST digits drawn over real textures, with a synthetic shape bias tying each
-class to a white shape in a corner, it trains
+``digits`` (the main job; the paper's Table 1 pattern): MNIST digits drawn over real
+textures, with a synthetic shape bias tying each class to a white shape in a corner.
+Systems are trained on the biased data and tested on the biased, standard and
+deceiving test sets; ``reference`` is a standard classifier trained on the same data
+without the bias (tested on the standard set).
 
-* ``standard``: a standard classifier on the biased data,
-* ``isnet``: an ISNet on the biased data (C1, C2 estimated from the standard
-  classifier's heatmaps, Appendix F.3),
-* ``reference``: a standard classifier on the same data without the bias,
+``radiographs`` (the paper's Tables 2-5 pattern): chest-radiograph-like images mixed
+from several sources, each class mostly from its own source with its own background
+traits; systems are tested on an i.i.d. test split and on an external split from
+sources unseen in training.
 
-and tests them on the biased, standard and deceiving test sets (the reference on
-the standard one) with the statistics of :mod:`isnet.evaluation`.  It writes
-``report.json`` (settings, timings and every statistic), ``metrics.json``,
-``report.md``, ``report.html``, heatmap grids (``heatmaps.png`` for the deceiving
-test, ``heatmaps_<variant>.png`` for the others) and ``training_curves.png``.
+By default the benchmark trains ``standard``, ``isnet`` and ``reference`` on
+``digits``; ``models="all"`` trains every system of :mod:`isnet.systems` (ISNet and
+the comparison systems of Appendix B.1) on both benchmarks.  Each model is evaluated
+with :mod:`isnet.evaluation` and all of them are written into one report.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import lightning as L
 
@@ -29,16 +31,23 @@ from .data import MaskedImageDataModule
 from .data.builtin import generate_digits_on_textures
 from .evaluation import evaluate, example_heatmaps, lrp_explainer, pick_examples
 from .render import model_heatmap_grid, training_curves
-from .report import evaluation_report
-from .training import ISNetModule, estimate_c1_c2, train
+from .report import Report, evaluation_report
+from .systems.base import SystemModule
+from .systems.registry import build_system
+from .training import estimate_c1_c2, train
+
+DEFAULT_MODELS = ("standard", "isnet", "reference")
+ALL_MODELS = ("standard", "isnet", "reference", "pipeline", "multitask", "sononet", "gain", "rrr", "isnet_gi", "vit")
+DATASETS = ("digits", "radiographs")
 
 
 @dataclass(frozen=True)
 class Profile:
-    """Sizes and settings of a benchmark run."""
+    """Sizes, epochs and loss settings of a benchmark run (every system on the small CNN backbone)."""
 
     name: str
     per_class: tuple[int, int, int] = (300, 50, 150)
+    radiograph_per_class: tuple[int, int, int, int] = (240, 40, 100, 100)
     size: int = 64
     classes: int = 3
     backbone: str = "small_cnn"
@@ -56,128 +65,249 @@ class Profile:
     lr: float = 2e-3
     momentum: float = 0.9
     lr_schedule: str = "cosine"
+    # the comparison systems (Appendix B.1), sized for the CPU
+    system_epochs: int = 20
+    gradient_epochs: int = 30  # systems trained by double backpropagation (GAIN, RRR, ISNet Grad*Input)
+    segmenter_epochs: int = 20
+    unet_width: int = 8
+    unet_depth: int = 3
+    multitask_P: float = 0.75
+    multitask_hidden: int = 256
+    sononet_width: int = 8
+    vit_epochs: int = 40
+    rrr_lambda1: float = 1000.0
+    gain_alpha: float = 1.0
+    gain_omega_e: float = 10.0
 
 
 PROFILES = {
     "quick": Profile("quick"),
-    "long": Profile("long", standard_epochs=60, isnet_epochs=150),
+    "long": Profile("long", standard_epochs=60, isnet_epochs=150, system_epochs=60, gradient_epochs=90,
+                    segmenter_epochs=60, vit_epochs=120),
 }
 
 
-def _datamodule(root: Path, profile: Profile, bias: bool, seed: int) -> MaskedImageDataModule:
-    dm = MaskedImageDataModule(root, size=profile.size, bias=bias, augment=False, batch_size=profile.batch_size,
-                               cache=True, seed=seed, square_test=False)
-    dm.setup()
-    return dm
+def _resolve_models(models: str | Sequence[str]) -> list[str]:
+    if isinstance(models, str):
+        models = ALL_MODELS if models == "all" else [m.strip() for m in models.split(",") if m.strip()]
+    unknown = [m for m in models if m not in ALL_MODELS]
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown}; choose from {', '.join(ALL_MODELS)} or 'all'")
+    models = list(dict.fromkeys(models))
+    if any(m in ("isnet", "isnet_gi") for m in models) and "standard" not in models:
+        models.insert(0, "standard")  # C1 and C2 come from the standard classifier's heatmaps
+    return sorted(models, key=ALL_MODELS.index)
 
 
-def _module(profile: Profile, P: float, classes: list[str], **kwargs: Any) -> ISNetModule:
-    arch = {"width": profile.width, "batch_norm": profile.batch_norm} if profile.backbone == "small_cnn" else {}
-    return ISNetModule(profile.backbone, len(classes), arch_kwargs=arch, P=P, d=profile.d,
-                       optimizer=profile.optimizer, lr=profile.lr, momentum=profile.momentum,
-                       lr_schedule=profile.lr_schedule, class_names=classes,
-                       **kwargs)
+def _settings(method: str, prof: Profile, classes: list[str], c: dict[str, tuple[float, float]]
+              ) -> tuple[str, dict[str, Any], int]:
+    """``(system method, its arguments, epochs)`` of a benchmark model."""
+    common = dict(optimizer=prof.optimizer, lr=prof.lr, momentum=prof.momentum, lr_schedule=prof.lr_schedule,
+                  class_names=classes)
+    arch = {"width": prof.width, "batch_norm": prof.batch_norm} if prof.backbone == "small_cnn" else {}
+    backbone = dict(backbone=prof.backbone, arch_kwargs=arch, **common)
+    if method in ("standard", "reference"):
+        return "standard", backbone, prof.standard_epochs
+    if method == "isnet":
+        return "isnet", dict(backbone, P=prof.P, d=prof.d, C1=c["lrp"][0], C2=c["lrp"][1]), prof.isnet_epochs
+    if method == "isnet_gi":
+        return "isnet_gi", dict(backbone, P=prof.P, d=prof.d, C1=c["grad_input"][0], C2=c["grad_input"][1]), \
+            prof.gradient_epochs
+    if method == "rrr":
+        return "rrr", dict(backbone, lambda1=prof.rrr_lambda1), prof.gradient_epochs
+    if method == "gain":
+        return "gain", dict(backbone, alpha=prof.gain_alpha, omega_e=prof.gain_omega_e), prof.gradient_epochs
+    if method == "pipeline":
+        return "pipeline", dict(backbone, unet_width=prof.unet_width, unet_depth=prof.unet_depth,
+                                segmenter_epochs=prof.segmenter_epochs, segmenter_lr=prof.lr), prof.standard_epochs
+    if method == "multitask":
+        return "multitask", dict(common, width=prof.unet_width, depth=prof.unet_depth, hidden=prof.multitask_hidden,
+                                 P=prof.multitask_P), prof.system_epochs
+    if method == "sononet":
+        return "sononet", dict(common, width=prof.sononet_width), prof.system_epochs
+    if method == "vit":
+        return "vit", dict(common, image_size=prof.size, preset="tiny"), prof.vit_epochs
+    raise ValueError(f"unknown model {method!r}")
+
+
+@dataclass
+class _Benchmark:
+    """One built-in benchmark's data: the training data module and the named test sets."""
+
+    name: str
+    title: str
+    train: MaskedImageDataModule
+    tests: dict[str, Any]
+    clean: MaskedImageDataModule | None  # the unbiased training data of the reference, if any
+    drop_from: str
+    drop_to: tuple[str, ...]
+    intro: str
+
+
+def _digits(out: Path, prof: Profile, seed: int) -> _Benchmark:
+    root = generate_digits_on_textures(out / "data", classes=prof.classes, per_class=prof.per_class, size=prof.size,
+                                       seed=seed)
+
+    def dm(bias: bool) -> MaskedImageDataModule:
+        m = MaskedImageDataModule(root, size=prof.size, bias=bias, augment=False, batch_size=prof.batch_size,
+                                  cache=True, seed=seed, square_test=False)
+        m.setup()
+        return m
+
+    biased = dm(True)
+    tests = {name.split("/")[-1]: ds for name, ds in biased.test_sets.items()}
+    return _Benchmark("digits", "digits on textures with synthetic shape bias", biased, tests, dm(False),
+                      "biased", ("standard", "deceiving"),
+                      "The systems are trained on data with the synthetic shape bias; the reference is a standard "
+                      "classifier trained on the same data without it. Test sets: `biased` (shapes as in training), "
+                      "`standard` (no shapes), `deceiving` (shapes permuted across classes).")
+
+
+def _radiographs(out: Path, prof: Profile, seed: int) -> _Benchmark:
+    from .data.radiographs import generate_radiographs
+
+    root = generate_radiographs(out / "radiographs", per_class=prof.radiograph_per_class, size=prof.size, seed=seed)
+    m = MaskedImageDataModule(root, size=prof.size, grayscale=True, augment=False, batch_size=prof.batch_size,
+                              cache=True, seed=seed, square_test=False)
+    m.setup()
+    return _Benchmark("radiographs", "mixed-source radiographs with an external test source", m, dict(m.test_sets),
+                      None, "test", ("external",),
+                      "Training images come from three sources, each class mostly from its own source with its own "
+                      "background traits (markers, text, borders, contrast, noise); class evidence lies only inside "
+                      "the lungs. `test` is an i.i.d. split of the same sources; `external` comes from two sources "
+                      "unseen in training.")
 
 
 def run_benchmark(out: str | Path, *, profile: str | Profile = "quick", seed: int = 0, progress: bool = True,
+                  models: str | Sequence[str] = DEFAULT_MODELS, datasets: str | Sequence[str] = ("digits",),
                   **overrides: Any) -> dict:
-    """Run the benchmark and write its report to ``out``.
+    """Train, evaluate and report the chosen models on the chosen benchmarks.
 
     Args:
-        profile: ``quick`` (about 5 minutes on 2 CPU cores), ``long``, or a :class:`Profile`.
+        out: output folder.
+        profile: ``quick`` (the default models on digits in under 10 minutes on 2 CPU cores;
+            all models on both benchmarks in about an hour), ``long``, or a :class:`Profile`.
+        models: names from :data:`ALL_MODELS`, a comma-separated string, or ``"all"``.
+        datasets: names from :data:`DATASETS`, a comma-separated string, or ``"all"``.
         overrides: fields of the profile to change (e.g. ``isnet_epochs=40``).
 
     Returns:
-        The content of ``report.json``.
+        The content of ``report.json``: ``{"benchmarks": {dataset: {"models": {model: {test_set:
+        metrics}}, "drops": ..., "C1": ..., "C2": ..., "train_seconds": ...}}, ...}``; the digits
+        benchmark's ``models``, ``drops``, ``C1`` and ``C2`` are also at the top level.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     prof = PROFILES[profile] if isinstance(profile, str) else profile
     prof = replace(prof, **overrides)
+    names = _resolve_models(models)
+    if isinstance(datasets, str):
+        datasets = DATASETS if datasets == "all" else [d.strip() for d in datasets.split(",") if d.strip()]
+    bad = [d for d in datasets if d not in DATASETS]
+    if bad or not datasets:
+        raise ValueError(f"unknown dataset(s) {bad}; choose from {', '.join(DATASETS)} or 'all'")
     started = time.perf_counter()
-    root = generate_digits_on_textures(out / "data", classes=prof.classes, per_class=prof.per_class, size=prof.size,
-                                       seed=seed)
-    biased, clean = _datamodule(root, prof, True, seed), _datamodule(root, prof, False, seed)
-    classes = biased.classes
+    report = Report("isnet benchmark")
+    report.paragraph(f"Profile `{prof.name}`, seed {seed}; models: {', '.join(names)}.")
+    saved: dict[str, Any] = {"profile": asdict(prof), "seed": seed, "benchmarks": {}}
+    for dataset in datasets:
+        bench = (_digits if dataset == "digits" else _radiographs)(out, prof, seed)
+        folder = out if len(datasets) == 1 and dataset == "digits" else out / dataset
+        result, section = _run_one(bench, folder, out, names, prof, seed, progress)
+        saved["benchmarks"][dataset] = result
+        report.extend(section)
+    saved["total_seconds"] = time.perf_counter() - started
+    if "digits" in saved["benchmarks"]:
+        digits = saved["benchmarks"]["digits"]
+        saved.update(models=digits["models"], drops=digits["drops"], C1=digits["C1"], C2=digits["C2"])
+    report.paragraph(f"Total time {saved['total_seconds']:.0f} s.")
+    (out / "report.json").write_text(json.dumps(saved, indent=2))
+    (out / "metrics.json").write_text(json.dumps({d: r["models"] for d, r in saved["benchmarks"].items()}, indent=2))
+    report.write(out)
+    return saved
+
+
+def _run_one(bench: _Benchmark, folder: Path, out: Path, names: list[str], prof: Profile, seed: int,
+             progress: bool) -> tuple[dict, Report]:
+    """Train and evaluate ``names`` on one benchmark; figures go to ``folder``, runs to ``out/runs``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    classes = bench.train.classes
+    runs = out / "runs" / bench.name if folder != out else out / "runs"
     timings: dict[str, float] = {}
-
-    def fit(name: str, module: ISNetModule, dm: MaskedImageDataModule, epochs: int) -> ISNetModule:
+    modules: dict[str, SystemModule] = {}
+    c: dict[str, tuple[float, float]] = {}
+    for name in names:
+        if name == "reference" and bench.clean is None:
+            continue
+        method, settings, epochs = _settings(name, prof, classes, c)
         L.seed_everything(seed, verbose=False)
+        module = build_system(method, len(classes), **settings)
         if progress:
-            print(f"[isnet benchmark] training {name} ({epochs} epochs)", flush=True)
+            print(f"[isnet benchmark] {bench.name}: training {name} ({epochs} epochs)", flush=True)
         t = time.perf_counter()
-        module, _ = train(module, dm, out / "runs" / name, max_epochs=epochs, progress=progress)
+        data = bench.clean if name == "reference" else bench.train
+        module, _ = train(module, data, runs / name, max_epochs=epochs, progress=progress)
         timings[name] = time.perf_counter() - t
-        return module.eval()
+        modules[name] = module.eval()
+        if name == "standard":
+            val = bench.train.val_dataloader()
+            c["lrp"] = estimate_c1_c2(module.deployed, val)
+            if "isnet_gi" in names:
+                c["grad_input"] = estimate_c1_c2(module.deployed, val, heatmaps="grad_input")
 
-    L.seed_everything(seed, verbose=False)
-    standard = fit("standard", _module(prof, 0.0, classes), biased, prof.standard_epochs)
-    c1, c2 = estimate_c1_c2(standard.backbone, biased.val_dataloader())
-    L.seed_everything(seed, verbose=False)
-    isnet = fit("isnet", _module(prof, prof.P, classes, C1=c1, C2=c2), biased, prof.isnet_epochs)
-    L.seed_everything(seed, verbose=False)
-    reference = fit("reference", _module(prof, 0.0, classes), clean, prof.standard_epochs)
-
-    models = {"standard": standard, "isnet": isnet, "reference": reference}
-    explainers = {name: lrp_explainer(module.backbone.eval()) for name, module in models.items()}
     results: dict[str, dict] = {}
-    for name, module in models.items():
-        sets = {test_name.split("/")[-1]: dataset for test_name, dataset in biased.test_sets.items()}
-        if name == "reference":
-            sets = {"standard": sets["standard"]}
-        results[name] = evaluate(module.backbone, sets, class_names=classes, explainer=explainers[name],
-                                 seed=seed)
+    explainers = {}
+    for name, module in modules.items():
+        tests = {"standard": bench.tests["standard"]} if name == "reference" else bench.tests
+        explainers[name] = module.explainer()
+        if progress:
+            print(f"[isnet benchmark] {bench.name}: evaluating {name}", flush=True)
+        results[name] = evaluate(module.deployed, tests, class_names=classes, explainer=explainers[name], seed=seed)
+        if name == "pipeline":
+            alone = module.without_segmenter
+            explainers["pipeline (no segmenter)"] = lrp_explainer(alone, epsilon=module.hparams.epsilon)
+            results["pipeline (no segmenter)"] = evaluate(alone, tests, class_names=classes,
+                                                          explainer=explainers["pipeline (no segmenter)"], seed=seed)
 
-    figures = _figures(out, explainers, biased, classes, {name: out / "runs" / name / "logs" / "metrics.csv"
-                                                          for name in models})
     drops = {
-        name: {f"biased_to_{v}": results[name]["biased"]["macro_f1"] - results[name][v]["macro_f1"]
-               for v in ("standard", "deceiving")}
-        for name in ("standard", "isnet")
+        name: {f"{bench.drop_from}_to_{t}": r[bench.drop_from]["macro_f1"] - r[t]["macro_f1"] for t in bench.drop_to}
+        for name, r in results.items() if bench.drop_from in r
     }
-    report = {
-        "benchmark": "digits on textures with synthetic shape bias",
-        "profile": asdict(prof),
-        "seed": seed,
-        "classes": classes,
-        "C1": c1,
-        "C2": c2,
-        "train_seconds": timings,
-        "total_seconds": time.perf_counter() - started,
-        "models": results,
-        "drops": drops,
-    }
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    (out / "metrics.json").write_text(json.dumps(results, indent=2))
-    intro = [
-        f"Profile `{prof.name}`, seed {seed}, classes {', '.join(classes)}. The standard classifier and the ISNet "
-        "are trained on data with the synthetic shape bias; the reference is a standard classifier trained on the "
-        "same data without it. C1 = {:.4g}, C2 = {:.4g} (Appendix F.3, from the standard classifier's heatmaps); "
-        "total time {:.0f} s.".format(c1, c2, report["total_seconds"]),
-        "Test sets: `biased` (shapes as in training), `standard` (no shapes), `deceiving` (shapes permuted "
-        "across classes).",
-    ]
-    named_drops = {m: {"biased → standard": d["biased_to_standard"], "biased → deceiving": d["biased_to_deceiving"]}
-                   for m, d in drops.items()}
-    evaluation_report(results, title="isnet benchmark: digits on textures with synthetic shape bias", intro=intro,
-                      drops=named_drops, figures=figures).write(out)
-    return report
+    figures = _figures(folder, bench, explainers, classes,
+                       {n: runs / n / "logs" / "metrics.csv" for n in modules})
+    prefix = "" if folder == out else f"{folder.name}/"
+    intro = [bench.intro]
+    if "lrp" in c:
+        intro.append("C1 = {:.4g}, C2 = {:.4g} (Appendix F.3, from the standard classifier's LRP heatmaps).".format(
+            *c["lrp"]))
+    if "pipeline" in modules:
+        intro.append(f"Pipeline: U-Net binarised at {float(modules['pipeline'].threshold):.2f} (best validation IoU "
+                     f"{float(modules['pipeline'].segmenter_iou):.3f}); `pipeline (no segmenter)` is its classifier "
+                     "applied to unsegmented images.")
+    intro.append("Training time (s): " + ", ".join(f"{n} {t:.0f}" for n, t in timings.items()) + ".")
+    named_drops = {m: {f"{bench.drop_from} → {k.split('_to_')[1]}": v for k, v in d.items()} for m, d in drops.items()}
+    section = evaluation_report(results, title=bench.title, intro=intro, drops=named_drops,
+                                figures=[(prefix + f, cap) for f, cap in figures])
+    result = {"models": results, "drops": drops, "train_seconds": timings,
+              "C1": c.get("lrp", (None, None))[0], "C2": c.get("lrp", (None, None))[1]}
+    return result, section
 
 
-def _figures(out: Path, explainers: dict, dm: MaskedImageDataModule, classes: list[str],
+def _figures(folder: Path, bench: _Benchmark, explainers: dict, classes: list[str],
              logs: dict[str, Path]) -> list[tuple[str, str]]:
-    """Figure 1 style heatmap grids (two images per class) for every test variant, and training curves."""
+    """Figure 1 style heatmap grids (two images per class) for every test set, and training curves."""
     figures = []
-    for test_name, dataset in dm.test_sets.items():
-        variant = test_name.split("/")[-1]
+    for test, dataset in bench.tests.items():
         picks = pick_examples(dataset, len(classes), per_class=2)
         images, maps, labels = example_heatmaps(explainers, dataset, picks)
-        name = "heatmaps.png" if variant == "deceiving" else f"heatmaps_{variant}.png"
-        model_heatmap_grid(out / name, images, maps, model_names=list(explainers),
+        name = "heatmaps.png" if test == "deceiving" else f"heatmaps_{test}.png"
+        model_heatmap_grid(folder / name, images, maps, model_names=list(explainers),
                            column_labels=[classes[k] for k in labels],
-                           title=f"LRP heatmaps for the true class ({variant} test)")
-        figures.append((name, f"LRP heatmaps of the true class (above each column), {variant} test; "
-                              "red positive, blue negative relevance"))
-    training_curves(out / "training_curves.png", logs)
-    figures.append(("training_curves.png", "Training (solid) and validation (dashed) losses per epoch"))
+                           title=f"LRP heatmaps for the true class ({test} test)")
+        figures.append((name, f"Heatmaps of the true class (above each column), {test} test; red positive, blue "
+                              "negative relevance (LRP; attention rollout for the ViT)"))
+    logs = {n: p for n, p in logs.items() if p.is_file()}
+    if logs:
+        training_curves(folder / "training_curves.png", logs)
+        figures.append(("training_curves.png", "Training (solid) and validation (dashed) losses per epoch"))
     return figures

@@ -75,9 +75,11 @@ def _benchmark(args: argparse.Namespace) -> int:
         overrides["isnet_epochs"] = args.isnet_epochs
     if args.standard_epochs is not None:
         overrides["standard_epochs"] = args.standard_epochs
-    report = run_benchmark(args.out, profile=args.profile, seed=args.seed, progress=not args.quiet, **overrides)
+    datasets = args.datasets or ("all" if args.models == "all" else "digits")
+    report = run_benchmark(args.out, profile=args.profile, seed=args.seed, progress=not args.quiet,
+                           models=args.models, datasets=datasets, **overrides)
     print((Path(args.out) / "report.md").read_text())
-    print(f"wrote {Path(args.out) / 'report.json'} and {Path(args.out) / 'heatmaps.png'} "
+    print(f"wrote {Path(args.out) / 'report.md'}, report.html, report.json and figures "
           f"in {report['total_seconds']:.0f} s")
     return 0
 
@@ -88,9 +90,11 @@ def _fit(args: argparse.Namespace) -> int:
 
     from .config import load_config
     from .data import MaskedImageDataModule
-    from .training import ISNetModule, train
+    from .systems.registry import build_system, load_system, system_parameters
+    from .training import train
 
-    cfg = load_config(args.config, args.set)
+    overrides = list(args.set) + ([f"model.method={args.method}"] if args.method else [])
+    cfg = load_config(args.config, overrides)
     L.seed_everything(cfg["seed_everything"], verbose=False)
     data = MaskedImageDataModule(**cfg["data"])
     data.setup()
@@ -98,11 +102,14 @@ def _fit(args: argparse.Namespace) -> int:
     if args.estimate_c_from:
         from .training import estimate_c1_c2
 
-        standard = ISNetModule.load_from_checkpoint(args.estimate_c_from, map_location="cpu")
-        model_args["C1"], model_args["C2"] = estimate_c1_c2(standard.backbone, data.val_dataloader())
+        standard = load_system(args.estimate_c_from)
+        model_args["C1"], model_args["C2"] = estimate_c1_c2(standard.deployed, data.val_dataloader())
         cfg["model"].update(C1=model_args["C1"], C2=model_args["C2"])
         print(f"C1 = {model_args['C1']:.4g}, C2 = {model_args['C2']:.4g} from {args.estimate_c_from}")
-    module = ISNetModule(num_classes=data.num_classes, class_names=data.classes, **model_args)
+    method = model_args.pop("method")
+    if "image_size" in system_parameters(method) and "image_size" not in model_args:
+        model_args["image_size"] = data.prep.size  # e.g. the ViT's patch grid follows the data
+    module = build_system(method, data.num_classes, class_names=data.classes, **model_args)
     trainer = dict(cfg["trainer"])
     max_epochs = trainer.pop("max_epochs", 48)
     out = Path(cfg["out"])
@@ -110,7 +117,7 @@ def _fit(args: argparse.Namespace) -> int:
     (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     module, best = train(module, data, out, max_epochs=max_epochs, progress=not args.quiet, **trainer)
     files = module.export(out / "export", preprocessing=_preprocessing(cfg["data"]))
-    print(f"best checkpoint: {best}\nexported backbone: {files['model']} and {files['torchscript']}")
+    print(f"best checkpoint: {best}\nexported {method} model: {files['model']} and {files['torchscript']}")
     return 0
 
 
@@ -139,10 +146,10 @@ def _named_checkpoints(specs: Sequence[str]) -> dict[str, Path]:
 def _test(args: argparse.Namespace) -> int:
     from .config import load_config
     from .data import MaskedImageDataModule
-    from .evaluation import evaluate, example_heatmaps, lrp_explainer, pick_examples, validation_thresholds
+    from .evaluation import evaluate, example_heatmaps, pick_examples, validation_thresholds
     from .render import model_heatmap_grid, training_curves
     from .report import evaluation_report
-    from .training import ISNetModule
+    from .systems.registry import load_system
 
     cfg = load_config(args.config, args.set)
     if args.splits:
@@ -150,18 +157,16 @@ def _test(args: argparse.Namespace) -> int:
     data = MaskedImageDataModule(**cfg["data"])
     data.setup()
     checkpoints = _named_checkpoints(args.checkpoint)
-    modules = {name: ISNetModule.load_from_checkpoint(path, map_location="cpu").eval()
-               for name, path in checkpoints.items()}
+    modules = {name: load_system(path).eval() for name, path in checkpoints.items()}
     results, thresholds, explainers = {}, {}, {}
     for name, module in modules.items():
         hp = module.hparams
         if hp.multilabel:
-            thresholds[name] = validation_thresholds(module.backbone, data.val_set, batch_size=data.batch_size)
-        explainers[name] = None if args.no_heatmaps else lrp_explainer(
-            module.backbone, epsilon=hp.epsilon, zb=hp.zb, low=hp.low, high=hp.high)
+            thresholds[name] = validation_thresholds(module.deployed, data.val_set, batch_size=data.batch_size)
+        explainers[name] = None if args.no_heatmaps else module.explainer()
         if not args.quiet:
             print(f"testing {name}", flush=True)
-        results[name] = evaluate(module.backbone, data.test_sets, class_names=data.classes, multilabel=data.multilabel,
+        results[name] = evaluate(module.deployed, data.test_sets, class_names=data.classes, multilabel=data.multilabel,
                                  thresholds=thresholds.get(name), explainer=explainers[name],
                                  batch_size=data.batch_size, progress=not args.quiet, seed=cfg["seed_everything"])
     out = Path(args.out or Path(cfg["out"]) / "test")
@@ -200,10 +205,39 @@ def _test(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export(args: argparse.Namespace) -> int:
-    from .training import ISNetModule
+def _tune(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .data import MaskedImageDataModule
+    from .tune import run_tune
 
-    module = ISNetModule.load_from_checkpoint(args.checkpoint, map_location="cpu").eval()
+    cfg = load_config(args.config, list(args.set) + [f"model.method={args.method}", "data.bias=true"])
+    data = MaskedImageDataModule(**cfg["data"])
+    settings = {k: v for k, v in cfg["model"].items() if k != "method"}
+    trainer = dict(cfg["trainer"])
+    epochs = args.epochs or trainer.pop("max_epochs", 48)
+    trainer.pop("max_epochs", None)
+    grid = {}
+    for item in args.grid or []:
+        name, _, values = item.partition("=")
+        try:
+            grid[name] = [float(v) for v in values.split(",") if v]
+        except ValueError as error:
+            raise ValueError(f"--grid {item!r}: values must be numbers separated by commas") from error
+        if not grid[name]:
+            raise ValueError(f"--grid {item!r} has no values")
+    out = Path(args.out or Path(cfg["out"]) / f"tune_{args.method}")
+    rows = run_tune(args.method, data, out, epochs=epochs, settings=settings, grid=grid or None,
+                    refine=not args.no_refine, seed=cfg["seed_everything"], progress=not args.quiet,
+                    train_options=trainer)
+    print((out / "grid.md").read_text())
+    print(f"wrote {out / 'grid.csv'} ({len(rows)} settings)")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .systems.registry import load_system
+
+    module = load_system(args.checkpoint).eval()
     prep = {"size": args.size} if args.size else {}
     files = module.export(args.out, preprocessing=prep)
     print("\n".join(f"{k}: {v}" for k, v in files.items()))
@@ -217,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit", help="train an ISNet (or, with model.P=0, a standard classifier) from a YAML config")
     p.add_argument("--config", help="YAML file with model / data / trainer sections (see configs/)")
     p.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="override config values")
+    p.add_argument("--method", help="system to train (overrides model.method): standard, isnet, pipeline, "
+                   "multitask, sononet, gain, rrr, isnet_gi, vit, ham")
     p.add_argument("--estimate-c-from", metavar="CHECKPOINT",
                    help="set C1, C2 from the heatmaps of this standard classifier on the val split (Appendix F.3)")
     p.add_argument("--quiet", action="store_true")
@@ -233,6 +269,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: <out>/test)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=_test)
+
+    p = sub.add_parser("tune", help="search a method's loss hyper-parameters on synthetically biased data "
+                       "(Appendix F.3) and write the grid")
+    p.add_argument("--method", required=True, help="isnet, isnet_gi, multitask, rrr or gain")
+    p.add_argument("--config", help="YAML config of the data and fixed settings (data.bias is forced on)")
+    p.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--epochs", type=int, help="epochs per setting (default: trainer.max_epochs)")
+    p.add_argument("--grid", nargs="*", metavar="NAME=V1,V2,...", help="replace the first-stage grid")
+    p.add_argument("--no-refine", action="store_true", help="skip the second, finer stage")
+    p.add_argument("--out", help="output folder (default: <out>/tune_<method>)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(run=_tune)
 
     p = sub.add_parser("export", help="write the plain backbone of a checkpoint (state_dict model file and TorchScript)")
     p.add_argument("--checkpoint", required=True)
@@ -262,6 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--isnet-epochs", type=int)
     p.add_argument("--standard-epochs", type=int)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--models", default="standard,isnet,reference",
+                   help="comma-separated systems (standard, isnet, reference, pipeline, multitask, sononet, gain, "
+                        "rrr, isnet_gi, vit) or 'all' (then on both benchmarks unless --datasets says otherwise)")
+    p.add_argument("--datasets", help="comma-separated built-in benchmarks: digits, radiographs, or 'all' "
+                                      "(default: digits; all with --models all)")
     p.set_defaults(run=_benchmark)
 
     p = sub.add_parser("demo", help="train a small CNN on MNIST digits and render its heatmaps")

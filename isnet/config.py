@@ -4,7 +4,8 @@ Example::
 
     seed_everything: 0
     out: runs/covid
-    model:            # isnet.training.ISNetModule arguments (num_classes comes from the data)
+    model:            # the system's arguments (num_classes comes from the data)
+      method: isnet   # or standard, pipeline, multitask, sononet, gain, rrr, isnet_gi, vit, ham
       backbone: densenet121
       P: 0.7
       d: 0.9
@@ -40,14 +41,15 @@ def _parameters(fn: Any, skip: Sequence[str] = ("self",)) -> set[str]:
     return {name for name in inspect.signature(fn).parameters if name not in skip}
 
 
-def allowed_keys() -> dict[str, set[str]]:
+def allowed_keys(method: str = "isnet") -> dict[str, set[str]]:
+    """Keys each section accepts; the model section's depend on the method."""
     import lightning as L
 
     from .data import MaskedImageDataModule
-    from .training import ISNetModule
+    from .systems.registry import system_parameters
 
     return {
-        "model": _parameters(ISNetModule.__init__, ("self", "num_classes", "class_names")),
+        "model": (system_parameters(method) | {"method"}) - {"num_classes", "class_names"},
         "data": _parameters(MaskedImageDataModule.__init__),
         "trainer": _parameters(L.Trainer.__init__) - {"callbacks", "logger", "gradient_clip_val"},
     }
@@ -93,7 +95,13 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> dict[
     unknown = set(config) - set(TOP_LEVEL)
     if unknown:
         raise ConfigError(f"unknown top-level key(s) {sorted(unknown)}; allowed: {list(TOP_LEVEL)}")
-    allowed = allowed_keys()
+    model = config.get("model") or {}
+    method = model.get("method", "isnet") if isinstance(model, dict) else "isnet"
+    from .systems.registry import METHODS
+
+    if method not in METHODS:
+        raise ConfigError(f"model.method {method!r} is not a method; choose one of {', '.join(METHODS)}")
+    allowed = allowed_keys(method)
     for section in SECTIONS:
         values = config.setdefault(section, {}) or {}
         if not isinstance(values, dict):
@@ -107,6 +115,7 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> dict[
     for key, kind in (("P", (int, float)), ("d", (int, float)), ("lr", (int, float)), ("backbone", str)):
         if key in config["model"] and not isinstance(config["model"][key], kind):
             raise ConfigError(f"model.{key} has the wrong type: {config['model'][key]!r}")
+    config["model"].setdefault("method", "isnet")
     config.setdefault("seed_everything", 0)
     config.setdefault("out", "runs/isnet")
     return config

@@ -162,8 +162,8 @@ def example_heatmaps(explainers: Mapping[str, Explainer], dataset: Dataset, indi
     Every image must have a true class (multi-label: at least one positive label).
 
     Returns:
-        ``(images (N, C, H, W), heatmaps (M, N, C, H, W), classes)`` for M models, with the
-        explained class index of each image.
+        ``(images (N, C, H, W), heatmaps (M, N, 1, H, W), classes)`` for M models (relevance
+        summed over channels), with the explained class index of each image.
     """
     items = [dataset[i] for i in indices]
     images = torch.stack([it["image"] for it in items])
@@ -174,7 +174,8 @@ def example_heatmaps(explainers: Mapping[str, Explainer], dataset: Dataset, indi
     maps = []
     for explain in explainers.values():
         _, h = explain(images)
-        maps.append(h[index, torch.tensor(classes)].detach().float().cpu())
+        # channels summed (as the pictures show them), so maps of 1-channel explainers stack with the rest
+        maps.append(h[index, torch.tensor(classes)].detach().float().cpu().sum(1, keepdim=True))
     return images, torch.stack(maps), classes
 
 

@@ -43,6 +43,12 @@ class Report:
     def figure(self, path: str, caption: str) -> None:
         self.blocks.append(("figure", path, caption))
 
+    def extend(self, other: "Report", prefix: str = "") -> None:
+        """Append ``other`` as a section: its title as a level-2 heading, its headings one level deeper."""
+        self.heading(prefix + other.title if prefix else other.title, 2)
+        for block in other.blocks:
+            self.blocks.append(("heading", block[1], min(block[2] + 1, 6)) if block[0] == "heading" else block)
+
     # -- output ------------------------------------------------------------------------------
     def markdown(self) -> str:
         out = [f"# {self.title}", ""]

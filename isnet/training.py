@@ -20,9 +20,10 @@ from . import defaults
 from .backbones import build_backbone, save_model
 from .loss import ISNetLoss
 from .model import ISNet
+from .systems.base import SystemModule, check_optimisation
 
 
-class ISNetModule(L.LightningModule):
+class ISNetModule(SystemModule):
     """ISNet (``P > 0``) or standard classifier (``P = 0``) training.
 
     Args:
@@ -66,18 +67,23 @@ class ISNetModule(L.LightningModule):
         class_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
-        if optimizer not in ("sgd", "adam"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
-        if lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
+        check_optimisation(optimizer, lr_schedule)
         self.save_hyperparameters()
         model = build_backbone(backbone, num_classes, in_channels, **(arch_kwargs or {}))
         self.net = ISNet(model, epsilon=epsilon, zb=zb, low=low, high=high)
         self.criterion = ISNetLoss(P, d, E=E, w1=w1, w2=w2, C1=C1, C2=C2, multilabel=multilabel)
 
     @property
+    def method(self) -> str:  # type: ignore[override]
+        return "isnet" if self.uses_heatmaps else "standard"
+
+    @property
     def backbone(self) -> nn.Module:
         """The plain classifier to deploy."""
+        return self.net.backbone
+
+    @property
+    def deployed(self) -> nn.Module:
         return self.net.backbone
 
     @property
@@ -87,48 +93,17 @@ class ISNetModule(L.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
-    def _step(self, batch: dict, stage: str) -> Tensor:
+    def losses(self, batch: dict) -> tuple[dict[str, Tensor], Tensor]:
         images, masks, labels = batch["image"], batch["mask"], batch["label"]
         if self.uses_heatmaps:
             logits, heatmaps = self.net(images, heatmaps=True)
         else:
             logits, heatmaps = self.net(images), None
         out = self.criterion(logits, labels, heatmaps, masks if heatmaps is not None else None)
-        if not torch.isfinite(out.total):
-            parts = {"L_C": out.classification, "L1": out.background, "L2": out.foreground}
-            bad = [name for name, value in parts.items() if not torch.isfinite(value)]
-            raise FloatingPointError(
-                f"{stage} loss is not finite ({', '.join(bad) or 'L_IS'}); lower the learning rate or raise d"
-            )
-        batch_size = images.shape[0]
-        values = {"loss": out.total, "L_C": out.classification}
+        parts = {"loss": out.total, "L_C": out.classification}
         if self.uses_heatmaps:
-            values.update({"L_LRP": out.heatmap, "L1": out.background, "L2": out.foreground})
-        if not self.hparams.multilabel:
-            values["accuracy"] = (logits.argmax(1) == labels).float().mean()
-        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, batch_size=batch_size,
-                      on_step=False, on_epoch=True)
-        self.log(f"{stage}_loss", out.total, batch_size=batch_size, on_step=False, on_epoch=True, prog_bar=True,
-                 logger=False)
-        return out.total
-
-    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: dict, batch_idx: int) -> Tensor:
-        return self._step(batch, "val")
-
-    def configure_optimizers(self) -> Any:
-        hp = self.hparams
-        if hp.optimizer == "adam":
-            optimiser = torch.optim.Adam(self.parameters(), lr=hp.lr, betas=(hp.momentum, 0.999),
-                                         weight_decay=hp.weight_decay)
-        else:
-            optimiser = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
-        if hp.lr_schedule == "constant" or self._trainer is None:
-            return optimiser
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, self.trainer.max_epochs))
-        return {"optimizer": optimiser, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
+            parts.update({"L_LRP": out.heatmap, "L1": out.background, "L2": out.foreground})
+        return parts, logits
 
     # -- deployment --------------------------------------------------------------------------
     def export(self, folder: str | Path, preprocessing: dict[str, Any] | None = None) -> dict[str, Path]:
@@ -166,26 +141,39 @@ class ISNetModule(L.LightningModule):
 
 
 def estimate_c1_c2(model: nn.Module, loader: Any, *, batches: int = 4, epsilon: float = defaults.EPSILON,
-                   zb: bool = defaults.ZB, low: float = defaults.ZB_LOW, high: float = defaults.ZB_HIGH) -> tuple[float, float]:
+                   zb: bool = defaults.ZB, low: float = defaults.ZB_LOW, high: float = defaults.ZB_HIGH,
+                   heatmaps: str = "lrp") -> tuple[float, float]:
     """C1 and C2 from a standard classifier's heatmaps (Appendix F.3).
 
     C1 is the smallest and C2 the largest total absolute relevance ``Sum(|H_bk|)``
     observed over the heatmaps of all classes of the first ``batches`` batches.
+    ``heatmaps="grad_input"`` measures Gradient*Input maps instead of LRP (for the
+    ISNet Grad*Input ablation, whose maps have another scale).
 
     Returns:
         ``(C1, C2)`` with ``0 < C1 < C2``.
     """
+    if heatmaps not in ("lrp", "grad_input"):
+        raise ValueError(f"heatmaps must be 'lrp' or 'grad_input', got {heatmaps!r}")
     graph = ISNet(model, epsilon=epsilon, zb=zb, low=low, high=high).lrp_graph
     was_training = model.training
     model.eval()
     totals = []
     device = next(model.parameters()).device
-    with torch.no_grad():
-        for i, batch in enumerate(loader):
-            if i >= batches:
-                break
-            _, heatmaps = graph(batch["image"].to(device))
-            totals.append(heatmaps.abs().sum((2, 3, 4)).flatten())
+    for i, batch in enumerate(loader):
+        if i >= batches:
+            break
+        images = batch["image"].to(device)
+        if heatmaps == "lrp":
+            with torch.no_grad():
+                maps = graph(images)[1]
+        else:
+            from .systems.gradients import gradient_times_input
+
+            with torch.enable_grad():
+                logits = model(images[:1])
+                maps = gradient_times_input(model, images, logits.shape[1])[1].detach()
+        totals.append(maps.abs().sum((2, 3, 4)).flatten())
     model.train(was_training)
     if not totals:
         raise ValueError("no batches to estimate C1 and C2 from")
@@ -197,7 +185,7 @@ def estimate_c1_c2(model: nn.Module, loader: Any, *, batches: int = 4, epsilon: 
 
 
 def train(
-    module: ISNetModule,
+    module: SystemModule,
     datamodule: L.LightningDataModule,
     folder: str | Path,
     *,
@@ -208,11 +196,14 @@ def train(
     accelerator: str = "auto",
     devices: int | str = "auto",
     **trainer_kwargs: Any,
-) -> tuple[ISNetModule, Path | None]:
-    """Fit ``module`` and return it with the weights of its lowest validation loss (Alg. 1, step 4).
+) -> tuple[SystemModule, Path | None]:
+    """Fit ``module`` (an ISNet or any other system) and return it with the weights of its
+    lowest validation loss (Alg. 1, step 4).
 
     Logs go to ``folder/logs`` (CSV), the best checkpoint to ``folder/checkpoints``.
-    Gradient norms are clipped to 1 (Appendix F.2).
+    Gradient norms are clipped to 1 (Appendix F.2).  Work a system needs before its own
+    training (``module.before_fit``, e.g. a pipeline's segmenter) runs first, with the
+    same options.
 
     Returns:
         ``(module, best checkpoint path)``.
@@ -229,6 +220,9 @@ def train(
     if not progress:
         logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     folder = Path(folder)
+    options = dict(progress=progress, deterministic=deterministic, precision=precision, accelerator=accelerator,
+                   devices=devices, **trainer_kwargs)
+    module.before_fit(datamodule, folder, **options)
     checkpoint = ModelCheckpoint(dirpath=folder / "checkpoints", filename="best-{epoch}", monitor="val/loss",
                                  mode="min", save_top_k=1)
     trainer = L.Trainer(
@@ -243,6 +237,7 @@ def train(
         accelerator=accelerator,
         devices=devices,
         num_sanity_val_steps=0,
+        inference_mode=not module.needs_input_gradients,
         **({"precision": precision} if precision else {}),
         **trainer_kwargs,
     )

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from PIL import Image
 
 from isnet.benchmark import Profile, run_benchmark
@@ -34,7 +36,7 @@ def test_benchmark_writes_reports(tmp_path):
         for m in tests.values():
             assert m["attention"]["background_share"]["n"] == 27
             assert 0.0 <= m["attention"]["mass_accuracy"]["mean"] <= 1.0
-    assert json.loads((tmp_path / "metrics.json").read_text()) == saved["models"]
+    assert json.loads((tmp_path / "metrics.json").read_text())["digits"] == saved["models"]
     assert "data:image/png;base64," in (tmp_path / "report.html").read_text()
     for name in ("heatmaps_biased.png", "heatmaps_standard.png", "training_curves.png"):
         assert (tmp_path / name).exists()
@@ -47,3 +49,35 @@ def test_cli_benchmark_rejects_unknown_profile(capsys):
     except SystemExit as exit:
         assert exit.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_all_systems_on_both_benchmarks(tmp_path):
+    tiny = Profile("tiny", per_class=(12, 6, 6), radiograph_per_class=(10, 4, 6, 6), size=32, width=4, batch_size=16,
+                   standard_epochs=1, isnet_epochs=1, system_epochs=1, gradient_epochs=1, segmenter_epochs=1,
+                   unet_width=4, unet_depth=2, multitask_hidden=16, sononet_width=4, vit_epochs=1)
+    report = run_benchmark(tmp_path, profile=tiny, progress=False, models="all", datasets="all")
+    digits, radiographs = report["benchmarks"]["digits"], report["benchmarks"]["radiographs"]
+    systems = {"standard", "isnet", "pipeline", "pipeline (no segmenter)", "multitask", "sononet", "gain", "rrr",
+               "isnet_gi", "vit"}
+    assert set(digits["models"]) == systems | {"reference"}
+    assert set(radiographs["models"]) == systems
+    for name in systems:
+        assert set(digits["models"][name]) == {"biased", "standard", "deceiving"}
+        assert set(radiographs["models"][name]) == {"test", "external"}
+        m = radiographs["models"][name]["external"]
+        assert m["n"] == 18 and m["attention"]["background_share"]["n"] == 18
+        d = radiographs["drops"][name]["test_to_external"]
+        assert d == pytest.approx(radiographs["models"][name]["test"]["macro_f1"] - m["macro_f1"])
+    text = (tmp_path / "report.md").read_text()
+    assert "## mixed-source radiographs with an external test source" in text
+    assert "| pipeline (no segmenter) |" in text and "| vit |" in text
+    assert (tmp_path / "radiographs" / "heatmaps_external.png").exists()
+    assert (tmp_path / "digits" / "heatmaps.png").exists()
+    assert json.loads((tmp_path / "metrics.json").read_text()).keys() == {"digits", "radiographs"}
+
+
+def test_unknown_models_and_datasets_are_named(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown model\(s\) \['resnet'\]"):
+        run_benchmark(tmp_path, profile=TINY, models="standard,resnet")
+    with pytest.raises(ValueError, match=r"unknown dataset\(s\) \['mnist'\]"):
+        run_benchmark(tmp_path, profile=TINY, datasets="mnist")

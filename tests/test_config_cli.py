@@ -125,3 +125,48 @@ def test_multilabel_fit_and_test_compare_two_checkpoints(tmp_path):
     md = (tmp_path / "report" / "report.md").read_text()
     assert "Wilson" in md and "| isnet | cheeks |" in md and "| standard | smile |" in md
     assert main(["test", "--config", str(config), "--checkpoint", str(a), str(a), "--quiet"]) == 2
+
+
+def test_fit_any_method_then_test_and_export(tmp_path):
+    from isnet.systems.registry import load_exported
+
+    root = generate_digits_on_textures(tmp_path / "data", per_class=(8, 4, 4), size=32)
+    cfg = {
+        "out": str(tmp_path / "rrr"),
+        "model": {"method": "rrr", "backbone": "small_cnn", "arch_kwargs": {"width": 4}, "lambda1": 100.0},
+        "data": {"root": str(root), "size": 32, "bias": True, "augment": False, "batch_size": 12},
+        "trainer": {"max_epochs": 1},
+    }
+    config = tmp_path / "rrr.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    assert main(["fit", "--config", str(config), "--quiet"]) == 0
+    ckpt = next((tmp_path / "rrr" / "checkpoints").glob("*.ckpt"))
+    metrics = (tmp_path / "rrr" / "logs" / "metrics.csv").read_text().splitlines()[0]
+    assert "train/L_RR" in metrics and "val/L_RR" in metrics
+    # the same config, another method from the command line
+    assert main(["fit", "--config", str(config), "--quiet", "--method", "vit", "--set", f"out={tmp_path / 'vit'}",
+                 "model.backbone=null"]) == 2
+    vit = dict(cfg, out=str(tmp_path / "vit"), model={"method": "vit", "vit_kwargs": {"patch_size": 8}})
+    config.write_text(yaml.safe_dump(vit))
+    assert main(["fit", "--config", str(config), "--quiet"]) == 0
+    vit_ckpt = next((tmp_path / "vit" / "checkpoints").glob("*.ckpt"))
+    assert main(["test", "--config", str(config), "--checkpoint", f"rrr={ckpt}", f"vit={vit_ckpt}", "--quiet",
+                 "--out", str(tmp_path / "cmp")]) == 0
+    saved = json.loads((tmp_path / "cmp" / "metrics.json").read_text())["models"]
+    assert set(saved) == {"rrr", "vit"} and saved["vit"]["test/deceiving"]["attention"]["background_share"]["n"] == 12
+    deployed = load_exported(tmp_path / "vit" / "export" / "model.pt")
+    scripted = torch.jit.load(str(tmp_path / "vit" / "export" / "model.torchscript.pt"))
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(scripted(x), deployed(x))
+
+
+def test_method_settings_are_validated(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  method: isnet\n  lambda1: 10\ndata:\n  root: x\n")
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['lambda1'\] in section 'model'"):
+        load_config(bad)
+    bad.write_text("model:\n  method: rrr\n  lambda1: 10\ndata:\n  root: x\n")
+    assert load_config(bad)["model"]["lambda1"] == 10
+    bad.write_text("model:\n  method: resnet\ndata:\n  root: x\n")
+    with pytest.raises(ConfigError, match="model.method 'resnet' is not a method"):
+        load_config(bad)

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .bias import VARIANTS, ShapeBias
 from .images import Augmentation, Preprocessing, read_image, read_mask
-from .manifest import Row, class_names, read_manifest, validate
+from .manifest import LESION, Row, class_names, manifest_columns, read_manifest, validate
 
 
 class MaskedImageDataset(Dataset):
@@ -20,7 +20,9 @@ class MaskedImageDataset(Dataset):
 
     Each item is a dict with ``image`` ``(C, S, S)`` in [0, 1], ``mask`` ``(1, S, S)`` in
     {0, 1} (zeros when the row has no mask), ``label`` (class index, or a float 0/1
-    vector of length K for multi-label tasks) and ``index`` (row position).
+    vector of length K for multi-label tasks) and ``index`` (row position).  Datasets with
+    lesion masks add ``lesion`` ``(1, S, S)`` in {0, 1} (zeros when the row has none),
+    read like the mask and augmented with it.
 
     Args:
         rows: manifest rows.
@@ -31,6 +33,7 @@ class MaskedImageDataset(Dataset):
             ``deceiving``), or ``None``.  Shapes are drawn before augmentation, as in the paper.
         multilabel: labels as 0/1 vectors.
         cache: keep decoded images in memory (small datasets).
+        lesions: add the ``lesion`` item (default: when some row has a lesion mask).
     """
 
     def __init__(
@@ -43,6 +46,7 @@ class MaskedImageDataset(Dataset):
         bias: tuple[ShapeBias, str] | None = None,
         multilabel: bool = False,
         cache: bool = False,
+        lesions: bool | None = None,
     ) -> None:
         self.rows = list(rows)
         self.classes = list(classes)
@@ -51,7 +55,8 @@ class MaskedImageDataset(Dataset):
         self.augmentation = augmentation
         self.bias = bias
         self.multilabel = multilabel
-        self.cache: dict[int, tuple[Tensor, Tensor]] | None = {} if cache else None
+        self.lesions = any(row.lesion is not None for row in self.rows) if lesions is None else lesions
+        self.cache: dict[int, tuple[Tensor, ...]] | None = {} if cache else None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -64,30 +69,42 @@ class MaskedImageDataset(Dataset):
             return t
         return torch.tensor(self.index[row.labels[0]])
 
-    def _load(self, i: int) -> tuple[Tensor, Tensor]:
+    def _mask_or_zeros(self, path: Path | None, like: Tensor) -> Tensor:
+        return read_mask(path, self.prep) if path is not None else torch.zeros(1, *like.shape[1:])
+
+    def _load(self, i: int) -> tuple[Tensor, ...]:
+        """``(image, mask)``, plus the lesion mask when the dataset has lesions."""
         if self.cache is not None and i in self.cache:
             return self.cache[i]
         row = self.rows[i]
         image = read_image(row.image, self.prep)
-        mask = read_mask(row.mask, self.prep) if row.mask is not None else torch.zeros(1, *image.shape[1:])
+        loaded = (image, self._mask_or_zeros(row.mask, image))
+        if self.lesions:
+            loaded += (self._mask_or_zeros(row.lesion, image),)
         if self.cache is not None:
-            self.cache[i] = (image, mask)
-        return image, mask
+            self.cache[i] = loaded
+        return loaded
 
     def __getitem__(self, i: int) -> dict:
-        image, mask = self._load(i)
+        image, *masks = self._load(i)
         target = self.target(self.rows[i])
         if self.bias is not None:
             shapes, variant = self.bias
             image = shapes.apply(image, target, variant, self.multilabel)
         if self.augmentation is not None:
             # torch's global generator: seeded per worker and epoch by the DataLoader
-            image, mask = self.augmentation(image, mask)
-        return {"image": image, "mask": mask, "label": target, "index": i}
+            image, *masks = self.augmentation.apply(image, *masks)
+        item = {"image": image, "mask": masks[0], "label": target, "index": i}
+        if self.lesions:
+            item["lesion"] = masks[1]
+        return item
 
 
 class MaskedImageDataModule(L.LightningDataModule):
     """A dataset folder (``manifest.csv``) as train / val / test loaders.
+
+    When the manifest has a ``lesion`` column, every item also carries a ``lesion`` mask
+    (see :class:`MaskedImageDataset`).
 
     Args:
         root: dataset folder.
@@ -153,6 +170,7 @@ class MaskedImageDataModule(L.LightningDataModule):
             self.test_split_names = sorted({r.split for r in rows} - {"train", "val"})
         splits = ["train", "val", *self.test_split_names]
         validate(rows, self.classes, splits=splits, need_masks=("train", "val"), multilabel=self.multilabel)
+        self.lesions = LESION in manifest_columns(self.root)
         self.rows = rows
         self.shape_bias = ShapeBias.default(len(self.classes)) if self.use_bias else None
 
@@ -170,8 +188,21 @@ class MaskedImageDataModule(L.LightningDataModule):
         return MaskedImageDataset(
             rows, self.classes, prep,
             augmentation=self.augmentation if split == "train" else None,
-            bias=bias, multilabel=self.multilabel, cache=self.cache,
+            bias=bias, multilabel=self.multilabel, cache=self.cache, lesions=self.lesions,
         )  # fmt: skip
+
+    def variant_set(self, split: str, variant: str | None = None) -> MaskedImageDataset:
+        """Any split as a test-style dataset (no augmentation), in a bias ``variant``
+        (``biased``, ``standard`` or ``deceiving``; needs ``bias=True``), e.g. the unbiased
+        validation set that hyper-parameter tuning scores on (Appendix F.3)."""
+        self.prepare()
+        if variant is not None and self.shape_bias is None:
+            raise ValueError(f"variant {variant!r} needs the synthetic bias (bias=True)")
+        if variant is not None and variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        if not any(r.split == split for r in self.rows):
+            raise ValueError(f"the manifest has no rows in split {split!r}")
+        return self._dataset(split, variant, train=split in ("train", "val"))
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare()

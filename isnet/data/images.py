@@ -133,6 +133,9 @@ def find_images(paths: Iterable[str | Path]) -> list[Path]:
 class Augmentation:
     """Random translation, rotation and flip, applied identically to image and mask (Appendix F.1).
 
+    Call it as ``augmentation(image, mask)`` for an image and its foreground mask, or use
+    :meth:`apply` to move any number of masks (a lesion mask, say) along with the image.
+
     Args:
         translate: largest shift as a fraction of the size (the paper's 28 px of 224).
         rotate: largest rotation, degrees.
@@ -145,16 +148,25 @@ class Augmentation:
 
     def __call__(self, image: Tensor, mask: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Augment ``image (C, H, W)`` and ``mask (1, H, W)`` with the same random transform."""
+        image, mask = self.apply(image, mask, generator=generator)
+        return image, mask
+
+    def apply(self, image: Tensor, *masks: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, ...]:
+        """Augment ``image (C, H, W)`` and each mask ``(1, H, W)`` with one random transform.
+
+        Returns ``(image, *masks)``; masks are resampled with nearest-neighbour
+        interpolation, so {0, 1} masks stay binary.
+        """
         u = torch.rand(4, generator=generator).tolist()
         H, W = image.shape[-2:]
         dx = round((2 * u[0] - 1) * self.translate * W)
         dy = round((2 * u[1] - 1) * self.translate * H)
         angle = (2 * u[2] - 1) * self.rotate
         if self.flip and u[3] < 0.5:
-            image, mask = TF.horizontal_flip(image), TF.horizontal_flip(mask)
+            image, masks = TF.horizontal_flip(image), tuple(TF.horizontal_flip(m) for m in masks)
         if dx or dy or not math.isclose(angle, 0.0):
             image = TF.affine(image, angle=angle, translate=[dx, dy], scale=1.0, shear=[0.0, 0.0],
                               interpolation=InterpolationMode.BILINEAR)
-            mask = TF.affine(mask, angle=angle, translate=[dx, dy], scale=1.0, shear=[0.0, 0.0],
-                             interpolation=InterpolationMode.NEAREST)
-        return image, mask
+            masks = tuple(TF.affine(m, angle=angle, translate=[dx, dy], scale=1.0, shear=[0.0, 0.0],
+                                    interpolation=InterpolationMode.NEAREST) for m in masks)
+        return (image, *masks)

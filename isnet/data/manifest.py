@@ -6,6 +6,9 @@ folder; ``label`` is a class name, or ``|``-separated names for multi-label task
 say); ``mask`` may be empty for rows that are only tested.  Masks are image files
 whose nonzero pixels are the foreground.
 
+An optional ``lesion`` column holds lesion masks (the class evidence, for methods
+that use it), empty where a row has none.  Any other column is ignored.
+
 :func:`read_manifest` parses the file and :func:`validate` checks every row that a
 run will use before any training starts, naming the row of each problem.
 """
@@ -21,6 +24,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 COLUMNS = ("image", "mask", "label", "split")
+LESION = "lesion"
 
 
 class ManifestError(ValueError):
@@ -29,17 +33,31 @@ class ManifestError(ValueError):
 
 @dataclass(frozen=True)
 class Row:
-    """One manifest row; ``line`` is its line number in ``manifest.csv`` (header = 1)."""
+    """One manifest row; ``line`` is its line number in ``manifest.csv`` (header = 1).
+
+    ``lesion`` is the row's lesion mask, ``None`` when the manifest has no ``lesion``
+    column or the row's cell is empty.
+    """
 
     line: int
     image: Path
     mask: Path | None
     labels: tuple[str, ...]
     split: str
+    lesion: Path | None = None
+
+
+def manifest_columns(root: str | Path) -> list[str]:
+    """The column names in the header of ``root/manifest.csv``."""
+    path = Path(root) / "manifest.csv"
+    if not path.is_file():
+        raise ManifestError(f"no manifest.csv in {root}")
+    with path.open(newline="") as handle:
+        return next(csv.reader(handle), [])
 
 
 def read_manifest(root: str | Path) -> list[Row]:
-    """Rows of ``root/manifest.csv``, with absolute paths."""
+    """Rows of ``root/manifest.csv``, with absolute paths; columns other than the known ones are ignored."""
     root = Path(root)
     path = root / "manifest.csv"
     if not path.is_file():
@@ -59,7 +77,9 @@ def read_manifest(root: str | Path) -> list[Row]:
             split = (record["split"] or "").strip()
             if not split:
                 raise ManifestError(f"{path} line {line}: empty split")
-            rows.append(Row(line, root / image, root / mask if mask else None, labels, split))
+            lesion = (record.get(LESION) or "").strip()
+            rows.append(Row(line, root / image, root / mask if mask else None, labels, split,
+                            root / lesion if lesion else None))
     if not rows:
         raise ManifestError(f"{path} has no rows")
     return rows
@@ -96,7 +116,9 @@ def validate(
         ManifestError: naming the line for an unreadable or missing image or mask, a
             missing mask in a split that needs masks, a mask whose size differs from its
             image's, an empty mask, an unknown label, a row with no or several labels in a
-            single-label task, or a requested split with no rows.
+            single-label task, or a requested split with no rows; likewise for an unreadable
+            or missing lesion mask, or one whose size differs from its image's (lesion masks
+            may be empty).
     """
     known = set(classes)
     for split in splits:
@@ -114,6 +136,13 @@ def validate(
                 f"manifest.csv line {row.line}: a single-label task needs exactly one label, got {list(row.labels)}"
             )
         size = _size(row.image, "image", row)
+        if row.lesion is not None:
+            lesion_size = _size(row.lesion, "lesion mask", row)
+            if lesion_size != size:
+                raise ManifestError(
+                    f"manifest.csv line {row.line}: lesion mask {row.lesion.name} is {lesion_size[0]}x{lesion_size[1]} "
+                    f"but image {row.image.name} is {size[0]}x{size[1]}"
+                )
         if row.mask is None:
             if row.split in need_masks:
                 raise ManifestError(f"manifest.csv line {row.line}: the {row.split!r} split needs a mask, and the row has none")

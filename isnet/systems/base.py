@@ -1,0 +1,213 @@
+"""What every trainable system shares (Appendix F.2: one training procedure for all).
+
+A system is a :class:`SystemModule`: a LightningModule that builds its network,
+defines its training loss as named parts (:meth:`SystemModule.losses`), says which
+plain network it deploys (:attr:`SystemModule.deployed`, ``images -> logits``) and
+how that network's decisions are explained for reports
+(:meth:`SystemModule.explainer`, LRP by default).  The base logs every loss part
+for training and validation, the accuracy, and sets up the optimiser, so all
+systems train, checkpoint and log the same way through :func:`isnet.training.train`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from .. import defaults
+
+Explainer = Callable[[Tensor], tuple[Tensor, Tensor]]
+"""``images (B, C, H, W) -> (logits (B, K), heatmaps (B, K, C', H, W))``."""
+
+OPTIMIZERS = ("sgd", "adam")
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def check_optimisation(optimizer: str, lr_schedule: str) -> None:
+    """Raise a ValueError naming an unknown optimiser or schedule."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
+
+
+class SystemModule(L.LightningModule):
+    """Base class of the trainable systems.
+
+    Subclasses call ``self.save_hyperparameters()`` first in ``__init__`` with at least
+    ``num_classes``, ``multilabel``, ``lr``, ``momentum``, ``weight_decay``,
+    ``optimizer``, ``lr_schedule`` and ``class_names`` among their arguments, build
+    their network, and implement :meth:`losses` and :attr:`deployed`.
+    """
+
+    method: ClassVar[str] = ""
+    needs_input_gradients: ClassVar[bool] = False  # its loss differentiates through input gradients
+
+    # -- what subclasses define --------------------------------------------------------------
+    @property
+    def deployed(self) -> nn.Module:
+        """The network used after training: ``images (B, C, H, W) -> logits (B, K)``."""
+        raise NotImplementedError
+
+    def losses(self, batch: dict) -> tuple[dict[str, Tensor], Tensor]:
+        """Training loss of one batch (``image``, ``mask``, ``label``).
+
+        Returns:
+            ``(parts, logits)``: named scalar loss parts, of which ``parts["loss"]`` is
+            the total that is minimised, and the logits ``(B, K)`` of the batch (``None``
+            for a module that does not classify, such as a segmenter).
+        """
+        raise NotImplementedError
+
+    def explainer(self) -> Explainer:
+        """Heatmaps of the deployed network's decisions (LRP with the paper's rules by default)."""
+        from ..evaluation import lrp_explainer
+
+        hp = self.hparams
+        return lrp_explainer(self.deployed, epsilon=hp.get("epsilon", defaults.EPSILON), zb=hp.get("zb", defaults.ZB),
+                             low=hp.get("low", defaults.ZB_LOW), high=hp.get("high", defaults.ZB_HIGH))
+
+    # -- shared ------------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        return self.deployed(x)
+
+    def _step(self, batch: dict, stage: str) -> Tensor:
+        parts, logits = self.losses(batch)
+        total = parts["loss"]
+        if not torch.isfinite(total):
+            bad = [name for name, value in parts.items() if name != "loss" and not torch.isfinite(value)]
+            raise FloatingPointError(
+                f"{stage} loss of {self.method or type(self).__name__} is not finite "
+                f"({', '.join(bad) or 'total'}); lower the learning rate"
+            )
+        batch_size = batch["image"].shape[0]
+        values = dict(parts)
+        if logits is not None and not self.hparams.get("multilabel", False):
+            values["accuracy"] = (logits.argmax(1) == batch["label"]).float().mean()
+        self.log_dict({f"{stage}/{k}": v.detach() if k != "loss" else v for k, v in values.items()},
+                      batch_size=batch_size, on_step=False, on_epoch=True)
+        self.log(f"{stage}_loss", total, batch_size=batch_size, on_step=False, on_epoch=True, prog_bar=True,
+                 logger=False)
+        return total
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> Tensor:
+        if self.needs_input_gradients:  # the validation loss itself needs input gradients
+            with torch.enable_grad():
+                return self._step(batch, "val")
+        return self._step(batch, "val")
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        params = self.trainable_parameters()
+        if hp.optimizer == "adam":
+            optimiser = torch.optim.Adam(params, lr=hp.lr, betas=(hp.momentum, 0.999), weight_decay=hp.weight_decay)
+        else:
+            optimiser = torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        if hp.lr_schedule == "constant" or self._trainer is None:
+            return optimiser
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, self.trainer.max_epochs))
+        return {"optimizer": optimiser, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["isnet_method"] = self.method
+
+    def before_fit(self, datamodule: L.LightningDataModule, folder: Any, **train_options: Any) -> None:
+        """Work done before this system's own training (e.g. training a segmenter); nothing by default."""
+
+    def export(self, folder: str | Path, preprocessing: dict[str, Any] | None = None,
+               example_size: int = 64) -> dict[str, Path]:
+        """Write the deployed network: ``model.pt`` (method, hyper-parameters and weights; reload
+        with :func:`isnet.systems.registry.load_exported`), ``model.torchscript.pt`` (traced,
+        eval mode) and ``preprocessing.json``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        was_training = self.training
+        self.eval()
+        files = {"model": folder / "model.pt", "torchscript": folder / "model.torchscript.pt",
+                 "preprocessing": folder / "preprocessing.json"}
+        torch.save({"format": "isnet-system/1", "method": self.method, "hparams": dict(self.hparams),
+                    "state_dict": self.state_dict()}, files["model"])
+        channels = self.hparams.get("in_channels", 3)
+        size = self.hparams.get("image_size", example_size)
+        example = torch.rand(1, channels, size, size, device=next(self.parameters()).device)
+        with torch.no_grad():
+            torch.jit.trace(self.deployed, example, check_trace=False).save(str(files["torchscript"]))
+        files["preprocessing"].write_text(json.dumps(
+            {"preprocessing": preprocessing or {}, "class_names": list(self.hparams.get("class_names") or []),
+             "multilabel": self.hparams.get("multilabel", False), "method": self.method,
+             "input": "float32 (B, C, H, W), values in [0, 1]"}, indent=2))
+        self.train(was_training)
+        return files
+
+
+class BackboneSystem(SystemModule):
+    """A system whose deployed network is one of :mod:`isnet.backbones` (RRR, GAIN, ISNet Grad*Input).
+
+    Subclasses take their own loss settings as arguments and pass the rest on to
+    ``super().__init__``, which records all of them as hyper-parameters.
+
+    Args:
+        backbone, num_classes, in_channels, arch_kwargs: the classifier (see
+            :func:`isnet.backbones.build_backbone`).
+        multilabel: binary cross-entropy and independent labels.
+        epsilon, zb, low, high: LRP settings of the heatmaps in reports.
+        lr, momentum, weight_decay, optimizer, lr_schedule: optimisation (Appendix F.2 defaults).
+        class_names: names of the K classes.
+    """
+
+    def __init__(self, backbone: str, num_classes: int, *, in_channels: int = 3,
+                 arch_kwargs: dict[str, Any] | None = None, multilabel: bool = False,
+                 epsilon: float = defaults.EPSILON, zb: bool = defaults.ZB, low: float = defaults.ZB_LOW,
+                 high: float = defaults.ZB_HIGH, lr: float = defaults.LEARNING_RATE,
+                 momentum: float = defaults.MOMENTUM, weight_decay: float = defaults.WEIGHT_DECAY,
+                 optimizer: str = "sgd", lr_schedule: str = "constant", class_names: Any = None) -> None:
+        super().__init__()
+        check_optimisation(optimizer, lr_schedule)
+        # Lightning collects the arguments of every __init__ up the call chain: the subclass's
+        # loss settings and these, with their defaults.
+        self.save_hyperparameters()
+        from ..backbones import build_backbone
+
+        self.backbone = build_backbone(backbone, num_classes, in_channels, **(arch_kwargs or {}))
+
+    @property
+    def deployed(self) -> nn.Module:
+        return self.backbone
+
+
+class ClassifierSystem(SystemModule):
+    """A system trained with the classification loss alone (its mechanism is in its
+    architecture: AG-Sononet's attention gates, the Vision Transformer's self-attention).
+
+    Subclasses build ``self.network`` after calling ``super().__init__``; the arguments
+    here are recorded as hyper-parameters together with the subclass's.
+    """
+
+    def __init__(self, num_classes: int, *, multilabel: bool = False, lr: float = defaults.LEARNING_RATE,
+                 momentum: float = defaults.MOMENTUM, weight_decay: float = defaults.WEIGHT_DECAY,
+                 optimizer: str = "sgd", lr_schedule: str = "constant", class_names: Any = None) -> None:
+        super().__init__()
+        check_optimisation(optimizer, lr_schedule)
+        self.save_hyperparameters()
+
+    @property
+    def deployed(self) -> nn.Module:
+        return self.network
+
+    def losses(self, batch: dict) -> tuple[dict[str, Tensor], Tensor]:
+        from ..loss import classification_loss
+
+        logits = self.network(batch["image"])
+        l_c = classification_loss(logits, batch["label"], self.hparams.multilabel)
+        return {"loss": l_c, "L_C": l_c}, logits

@@ -37,7 +37,8 @@ from .systems.registry import build_system
 from .training import estimate_c1_c2, train
 
 DEFAULT_MODELS = ("standard", "isnet", "reference")
-ALL_MODELS = ("standard", "isnet", "reference", "pipeline", "multitask", "sononet", "gain", "rrr", "isnet_gi", "vit")
+ALL_MODELS = ("standard", "isnet", "reference", "pipeline", "multitask", "sononet", "gain", "rrr", "isnet_gi", "vit",
+              "ham")
 DATASETS = ("digits", "radiographs")
 
 
@@ -78,6 +79,7 @@ class Profile:
     rrr_lambda1: float = 1000.0
     gain_alpha: float = 1.0
     gain_omega_e: float = 10.0
+    ham_weight: float = 1.0
 
 
 PROFILES = {
@@ -127,6 +129,9 @@ def _settings(method: str, prof: Profile, classes: list[str], c: dict[str, tuple
         return "sononet", dict(common, width=prof.sononet_width), prof.system_epochs
     if method == "vit":
         return "vit", dict(common, image_size=prof.size, preset="tiny"), prof.vit_epochs
+    if method == "ham":
+        return "ham", dict(backbone, w_bound=prof.ham_weight, w_union=prof.ham_weight, w_amse=prof.ham_weight), \
+            prof.gradient_epochs
     raise ValueError(f"unknown model {method!r}")
 
 
@@ -236,8 +241,12 @@ def _run_one(bench: _Benchmark, folder: Path, out: Path, names: list[str], prof:
     timings: dict[str, float] = {}
     modules: dict[str, SystemModule] = {}
     c: dict[str, tuple[float, float]] = {}
+    skipped: list[str] = []
     for name in names:
         if name == "reference" and bench.clean is None:
+            continue
+        if name == "ham" and (not bench.train.lesions or "normal" not in classes):
+            skipped.append("ham (needs lesion masks and a normal class)")
             continue
         method, settings, epochs = _settings(name, prof, classes, c)
         L.seed_everything(seed, verbose=False)
@@ -284,6 +293,8 @@ def _run_one(bench: _Benchmark, folder: Path, out: Path, names: list[str], prof:
         intro.append(f"Pipeline: U-Net binarised at {float(modules['pipeline'].threshold):.2f} (best validation IoU "
                      f"{float(modules['pipeline'].segmenter_iou):.3f}); `pipeline (no segmenter)` is its classifier "
                      "applied to unsegmented images.")
+    if skipped:
+        intro.append("Not run on this benchmark: " + "; ".join(skipped) + ".")
     intro.append("Training time (s): " + ", ".join(f"{n} {t:.0f}" for n, t in timings.items()) + ".")
     named_drops = {m: {f"{bench.drop_from} → {k.split('_to_')[1]}": v for k, v in d.items()} for m, d in drops.items()}
     section = evaluation_report(results, title=bench.title, intro=intro, drops=named_drops,

@@ -60,7 +60,7 @@ def test_all_systems_on_both_benchmarks(tmp_path):
     systems = {"standard", "isnet", "pipeline", "pipeline (no segmenter)", "multitask", "sononet", "gain", "rrr",
                "isnet_gi", "vit"}
     assert set(digits["models"]) == systems | {"reference"}
-    assert set(radiographs["models"]) == systems
+    assert set(radiographs["models"]) == systems | {"ham"}
     for name in systems:
         assert set(digits["models"][name]) == {"biased", "standard", "deceiving"}
         assert set(radiographs["models"][name]) == {"test", "external"}
@@ -70,7 +70,8 @@ def test_all_systems_on_both_benchmarks(tmp_path):
         assert d == pytest.approx(radiographs["models"][name]["test"]["macro_f1"] - m["macro_f1"])
     text = (tmp_path / "report.md").read_text()
     assert "## mixed-source radiographs with an external test source" in text
-    assert "| pipeline (no segmenter) |" in text and "| vit |" in text
+    assert "| pipeline (no segmenter) |" in text and "| vit |" in text and "| ham |" in text
+    assert "Not run on this benchmark: ham" in text
     assert (tmp_path / "radiographs" / "heatmaps_external.png").exists()
     assert (tmp_path / "digits" / "heatmaps.png").exists()
     assert json.loads((tmp_path / "metrics.json").read_text()).keys() == {"digits", "radiographs"}

@@ -21,6 +21,7 @@ METHODS: dict[str, str] = {
     "rrr": "isnet.systems.rrr:RRRModule",
     "isnet_gi": "isnet.systems.gradinput:GradInputISNetModule",
     "vit": "isnet.systems.vit:ViTModule",
+    "ham": "isnet.systems.ham:HAMModule",
 }
 """Method name -> ``module:class`` of its :class:`~isnet.systems.base.SystemModule`."""
 

@@ -88,3 +88,17 @@ def test_pipeline_trains_its_segmenter_first_then_the_classifier(tmp_path):
     torch.testing.assert_close(loaded.deployed(x), module.deployed(x))
     assert loaded.without_segmenter(x).shape == (len(x), 3)
     assert module.explainer()(x)[1].shape == (len(x), 3, 3, 32, 32)
+
+
+def test_pipeline_classifier_learns_on_segmented_images():
+    torch.manual_seed(0)
+    module = PipelineModule("small_cnn", 3, arch_kwargs={"width": 8, "batch_norm": False}, unet_width=4,
+                            unet_depth=2)
+    module.threshold.fill_(0.5)  # as if stage 1 had run
+    for p in module.segmenter.parameters():
+        p.requires_grad_(False)
+    segmenter = {k: v.clone() for k, v in module.segmenter.state_dict().items()}
+    first, last = loss_drops(module, tiny_batch(), steps=20)
+    assert last < first
+    assert all(torch.equal(v, module.segmenter.state_dict()[k]) for k, v in segmenter.items())
+    assert [p for p in module.trainable_parameters()] == list(module.classifier.parameters())

@@ -60,8 +60,10 @@ class Profile:
     batch_size: int = 32
     standard_epochs: int = 20
     isnet_epochs: int = 80
-    P: float = 0.85
+    P: float = 0.85  # ISNet (and ISNet Grad*Input) on digits
     d: float = 0.95
+    radiograph_P: float = 0.7  # on radiographs: the paper's COVID-19 / tuberculosis setting
+    radiograph_d: float = 0.9
     optimizer: str = "adam"
     lr: float = 2e-3
     momentum: float = 0.9
@@ -101,9 +103,10 @@ def _resolve_models(models: str | Sequence[str]) -> list[str]:
     return sorted(models, key=ALL_MODELS.index)
 
 
-def _settings(method: str, prof: Profile, classes: list[str], c: dict[str, tuple[float, float]]
-              ) -> tuple[str, dict[str, Any], int]:
+def _settings(method: str, prof: Profile, classes: list[str], c: dict[str, tuple[float, float]],
+              dataset: str = "digits") -> tuple[str, dict[str, Any], int]:
     """``(system method, its arguments, epochs)`` of a benchmark model."""
+    P, d = (prof.radiograph_P, prof.radiograph_d) if dataset == "radiographs" else (prof.P, prof.d)
     common = dict(optimizer=prof.optimizer, lr=prof.lr, momentum=prof.momentum, lr_schedule=prof.lr_schedule,
                   class_names=classes)
     arch = {"width": prof.width, "batch_norm": prof.batch_norm} if prof.backbone == "small_cnn" else {}
@@ -111,9 +114,9 @@ def _settings(method: str, prof: Profile, classes: list[str], c: dict[str, tuple
     if method in ("standard", "reference"):
         return "standard", backbone, prof.standard_epochs
     if method == "isnet":
-        return "isnet", dict(backbone, P=prof.P, d=prof.d, C1=c["lrp"][0], C2=c["lrp"][1]), prof.isnet_epochs
+        return "isnet", dict(backbone, P=P, d=d, C1=c["lrp"][0], C2=c["lrp"][1]), prof.isnet_epochs
     if method == "isnet_gi":
-        return "isnet_gi", dict(backbone, P=prof.P, d=prof.d, C1=c["grad_input"][0], C2=c["grad_input"][1]), \
+        return "isnet_gi", dict(backbone, P=P, d=d, C1=c["grad_input"][0], C2=c["grad_input"][1]), \
             prof.gradient_epochs
     if method == "rrr":
         return "rrr", dict(backbone, lambda1=prof.rrr_lambda1), prof.gradient_epochs
@@ -248,7 +251,7 @@ def _run_one(bench: _Benchmark, folder: Path, out: Path, names: list[str], prof:
         if name == "ham" and (not bench.train.lesions or "normal" not in classes):
             skipped.append("ham (needs lesion masks and a normal class)")
             continue
-        method, settings, epochs = _settings(name, prof, classes, c)
+        method, settings, epochs = _settings(name, prof, classes, c, bench.name)
         L.seed_everything(seed, verbose=False)
         module = build_system(method, len(classes), **settings)
         if progress:

@@ -34,18 +34,25 @@ from .layers import AffineLayer
 Saved = tuple
 
 
+def stabilized_reciprocal(z: Tensor, epsilon: float) -> Tensor:
+    """``1 / (z + sign(z) * epsilon)`` with sign(0) = +1 (Eq. 3); for ``epsilon == 0``
+    (LRP-0) a zero ``z`` gives 0 (0/0 := 0).  Same shape as ``z``."""
+    if epsilon > 0:
+        eps = z.new_tensor(epsilon)  # in z's dtype: a Python float would be rounded to float32
+        return 1.0 / (z + torch.where(z >= 0, eps, -eps))
+    zero = z == 0
+    return (1.0 / torch.where(zero, torch.ones_like(z), z)).masked_fill(zero, 0.0)
+
+
 def stabilized_divide(numerator: Tensor, z: Tensor, epsilon: float) -> Tensor:
     """``numerator / (z + sign(z) * epsilon)`` with sign(0) = +1 (Eq. 3).
 
-    ``numerator`` has shape ``(B, K, *S)`` and ``z`` shape ``(B, *S)``.  With
-    ``epsilon == 0`` (LRP-0) a zero denominator gives 0 (0/0 := 0).
+    ``numerator`` has shape ``(B, K, *S)`` and ``z`` shape ``(B, *S)``.  The reciprocal
+    is taken once at batch size B and multiplied into the B*K relevances: a product
+    is cheaper than a division there, forward and backward.  With ``epsilon == 0``
+    (LRP-0) a zero denominator gives 0 (0/0 := 0).
     """
-    z = z.unsqueeze(1)
-    if epsilon > 0:
-        eps = z.new_tensor(epsilon)  # in z's dtype: a Python float would be rounded to float32
-        return numerator / (z + torch.where(z >= 0, eps, -eps))
-    zero = z == 0
-    return (numerator / torch.where(zero, torch.ones_like(z), z)).masked_fill(zero, 0.0)
+    return numerator * stabilized_reciprocal(z, epsilon).unsqueeze(1)
 
 
 def detach_bias(z: Tensor, bias: Tensor) -> Tensor:
@@ -155,10 +162,11 @@ class Epsilon(Rule):
 
     def relevance(self, R: Tensor, saved: Saved) -> Sequence[Tensor | None]:
         x, weight, z = self._denominator(saved)
-        s = stabilized_divide(R, z, self.epsilon)
         if self.layer.layer is None:
-            # A lone batch norm is diagonal: fold its scale into x (batch B) rather than into s (B*K).
-            return (_per_class(x * self.layer.channel_view(weight, x)) * s,)
+            # A lone batch norm is diagonal: R_in = [x w / (z + eps)] R, the bracket at batch size B.
+            ratio = x * self.layer.channel_view(weight, x) * stabilized_reciprocal(z, self.epsilon)
+            return (_per_class(ratio) * R,)
+        s = stabilized_divide(R, z, self.epsilon)
         c = self.layer.transpose(_merge(s), weight, x.shape)
         return (_per_class(x) * c.unflatten(0, R.shape[:2]),)
 

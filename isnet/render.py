@@ -91,6 +91,22 @@ def save_png(path: str | Path, rgb: np.ndarray) -> Path:
     return path
 
 
+def _save(fig: plt.Figure, path: str | Path, title: str | None, hide_ticks: np.ndarray | None = None) -> Path:
+    """Add the title, write the figure as PNG (creating folders) and close it."""
+    for ax in (hide_ticks.flat if hide_ticks is not None else ()):
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=10)
+    # leave the top strip to the title so that it does not cover the column labels
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()) if title else None)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def heatmap_grid(
     path: str | Path,
     images: Tensor | np.ndarray,
@@ -123,18 +139,7 @@ def heatmap_grid(
     axes[0, 0].set_title("input", fontsize=9)
     for j in range(k):
         axes[0, j + 1].set_title(column_labels[j] if column_labels is not None else f"class {j}", fontsize=9)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    if title:
-        fig.suptitle(title, fontsize=10)
-    # leave the top strip to the title so that it does not cover the column labels
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()) if title else None)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title, axes)
 
 
 def model_heatmap_grid(
@@ -171,18 +176,7 @@ def model_heatmap_grid(
     axes[0, 0].set_ylabel("input", fontsize=9)
     for i, name in enumerate(model_names):
         axes[i + 1, 0].set_ylabel(name, fontsize=9)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    if title:
-        fig.suptitle(title, fontsize=10)
-    # leave the top strip to the title so that it does not cover the column labels
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()) if title else None)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title, axes)
 
 
 def read_log(path: str | Path) -> dict[str, list[tuple[int, float]]]:
@@ -229,12 +223,4 @@ def training_curves(path: str | Path, logs: dict[str, str | Path], *, title: str
         ax.set_xlabel("epoch", fontsize=8)
         ax.tick_params(labelsize=7)
     axes[0, 0].legend(fontsize=6)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    # leave the top strip to the title so that it does not cover the column labels
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()) if title else None)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)

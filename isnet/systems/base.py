@@ -151,32 +151,42 @@ class SystemModule(L.LightningModule):
         return files
 
 
-class BackboneSystem(SystemModule):
-    """A system whose deployed network is one of :mod:`isnet.backbones` (RRR, GAIN, ISNet Grad*Input).
+class ConfiguredSystem(SystemModule):
+    """A system with the settings every system shares, recorded as hyper-parameters.
 
-    Subclasses take their own loss settings as arguments and pass the rest on to
-    ``super().__init__``, which records all of them as hyper-parameters.
+    Subclasses take their own settings as arguments and pass the rest on as keyword
+    arguments to ``super().__init__`` (first thing in their ``__init__``); Lightning
+    collects the arguments of every ``__init__`` up the call chain, so the subclass's
+    settings and these (with their defaults) all end up in ``hparams``.
 
     Args:
-        backbone, num_classes, in_channels, arch_kwargs: the classifier (see
-            :func:`isnet.backbones.build_backbone`).
         multilabel: binary cross-entropy and independent labels.
         epsilon, zb, low, high: LRP settings of the heatmaps in reports.
         lr, momentum, weight_decay, optimizer, lr_schedule: optimisation (Appendix F.2 defaults).
         class_names: names of the K classes.
     """
 
-    def __init__(self, backbone: str, num_classes: int, *, in_channels: int = 3,
-                 arch_kwargs: dict[str, Any] | None = None, multilabel: bool = False,
-                 epsilon: float = defaults.EPSILON, zb: bool = defaults.ZB, low: float = defaults.ZB_LOW,
-                 high: float = defaults.ZB_HIGH, lr: float = defaults.LEARNING_RATE,
+    def __init__(self, *, multilabel: bool = False, epsilon: float = defaults.EPSILON, zb: bool = defaults.ZB,
+                 low: float = defaults.ZB_LOW, high: float = defaults.ZB_HIGH, lr: float = defaults.LEARNING_RATE,
                  momentum: float = defaults.MOMENTUM, weight_decay: float = defaults.WEIGHT_DECAY,
                  optimizer: str = "sgd", lr_schedule: str = "constant", class_names: Any = None) -> None:
         super().__init__()
         check_optimisation(optimizer, lr_schedule)
-        # Lightning collects the arguments of every __init__ up the call chain: the subclass's
-        # loss settings and these, with their defaults.
         self.save_hyperparameters()
+
+
+class BackboneSystem(ConfiguredSystem):
+    """A system whose deployed network is one of :mod:`isnet.backbones` (RRR, GAIN, ISNet Grad*Input).
+
+    Args:
+        backbone, num_classes, in_channels, arch_kwargs: the classifier (see
+            :func:`isnet.backbones.build_backbone`).
+        kwargs: the shared settings of :class:`ConfiguredSystem`.
+    """
+
+    def __init__(self, backbone: str, num_classes: int, *, in_channels: int = 3,
+                 arch_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         from ..backbones import build_backbone
 
         self.backbone = build_backbone(backbone, num_classes, in_channels, **(arch_kwargs or {}))
@@ -186,20 +196,19 @@ class BackboneSystem(SystemModule):
         return self.backbone
 
 
-class ClassifierSystem(SystemModule):
+class ClassifierSystem(ConfiguredSystem):
     """A system trained with the classification loss alone (its mechanism is in its
     architecture: AG-Sononet's attention gates, the Vision Transformer's self-attention).
 
-    Subclasses build ``self.network`` after calling ``super().__init__``; the arguments
-    here are recorded as hyper-parameters together with the subclass's.
+    Subclasses build ``self.network`` after calling ``super().__init__``.
+
+    Args:
+        num_classes: K.
+        kwargs: the shared settings of :class:`ConfiguredSystem`.
     """
 
-    def __init__(self, num_classes: int, *, multilabel: bool = False, lr: float = defaults.LEARNING_RATE,
-                 momentum: float = defaults.MOMENTUM, weight_decay: float = defaults.WEIGHT_DECAY,
-                 optimizer: str = "sgd", lr_schedule: str = "constant", class_names: Any = None) -> None:
-        super().__init__()
-        check_optimisation(optimizer, lr_schedule)
-        self.save_hyperparameters()
+    def __init__(self, num_classes: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
 
     @property
     def deployed(self) -> nn.Module:

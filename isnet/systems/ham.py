@@ -33,10 +33,9 @@ import torchvision
 from torch import Tensor, nn
 from torch.fx import Node
 
-from .. import defaults
 from ..backbones import SmallCNN, build_backbone
 from ..lrp import LRPGraph, Rule
-from .base import Explainer, SystemModule, check_optimisation
+from .base import ConfiguredSystem, Explainer
 from .gradients import grad_cam
 
 
@@ -158,7 +157,7 @@ def adaptive_mse(maps: Tensor, lesions: Tensor) -> Tensor:
     return per_image.mean()
 
 
-class HAMModule(SystemModule):
+class HAMModule(ConfiguredSystem):
     """HAM on a backbone (single-label tasks with a normal class and lesion masks).
 
     Args:
@@ -166,7 +165,7 @@ class HAMModule(SystemModule):
         num_classes, in_channels, arch_kwargs: the task and backbone.
         normal_class: name of the class without abnormality (in ``class_names``).
         w_bound, w_union, w_amse: loss weights.
-        other arguments: as for every system.
+        kwargs: the shared settings of :class:`~isnet.systems.base.ConfiguredSystem` (``class_names`` is required).
     """
 
     method = "ham"
@@ -174,21 +173,15 @@ class HAMModule(SystemModule):
 
     def __init__(self, backbone: str = "resnet50", num_classes: int = 3, *, in_channels: int = 3,
                  arch_kwargs: dict[str, Any] | None = None, normal_class: str = "normal", w_bound: float = 1.0,
-                 w_union: float = 1.0, w_amse: float = 1.0, epsilon: float = defaults.EPSILON,
-                 zb: bool = defaults.ZB, low: float = defaults.ZB_LOW, high: float = defaults.ZB_HIGH,
-                 lr: float = defaults.LEARNING_RATE, momentum: float = defaults.MOMENTUM,
-                 weight_decay: float = defaults.WEIGHT_DECAY, optimizer: str = "sgd", lr_schedule: str = "constant",
-                 class_names: Sequence[str] | None = None, multilabel: bool = False) -> None:
-        super().__init__()
-        check_optimisation(optimizer, lr_schedule)
-        if multilabel:
+                 w_union: float = 1.0, w_amse: float = 1.0, **kwargs: Any) -> None:
+        if kwargs.get("multilabel"):
             raise ValueError("this HAM implementation handles single-label tasks with a normal class")
-        names = list(class_names or [])
+        names = list(kwargs.get("class_names") or [])
         if normal_class not in names:
             raise ValueError(f"HAM needs a normal class: {normal_class!r} is not among the classes {names}")
         if num_classes < 2 or len(names) != num_classes:
             raise ValueError(f"need {num_classes} class names including {normal_class!r}, got {names}")
-        self.save_hyperparameters()
+        super().__init__(**kwargs)
         self.normal_index = names.index(normal_class)
         base = build_backbone(backbone, num_classes, in_channels, **(arch_kwargs or {}))
         self.net = HAMNet(base, num_classes - 1)

@@ -10,33 +10,26 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import defaults
 from ..loss import classification_loss
-from .base import SystemModule, check_optimisation
+from .base import ConfiguredSystem
 from .unet import MultiTaskUNet
 
 
-class MultiTaskModule(SystemModule):
+class MultiTaskModule(ConfiguredSystem):
     """Args:
         num_classes, in_channels: the task.
         width, depth, hidden, dropout: the network (paper: 64, 4, 4096, 0.5).
         P: weight of the segmentation loss (paper: 0.75 for COVID-19 and faces, 0.9 for TB).
-        other arguments: as for every system.
+        kwargs: the shared settings of :class:`~isnet.systems.base.ConfiguredSystem`.
     """
 
     method = "multitask"
 
     def __init__(self, num_classes: int = 3, *, in_channels: int = 3, width: int = 64, depth: int = 4,
-                 hidden: int = 4096, dropout: float = 0.5, P: float = 0.75, multilabel: bool = False,
-                 epsilon: float = defaults.EPSILON, zb: bool = defaults.ZB, low: float = defaults.ZB_LOW,
-                 high: float = defaults.ZB_HIGH, lr: float = defaults.LEARNING_RATE,
-                 momentum: float = defaults.MOMENTUM, weight_decay: float = defaults.WEIGHT_DECAY,
-                 optimizer: str = "sgd", lr_schedule: str = "constant", class_names: Any = None) -> None:
-        super().__init__()
-        check_optimisation(optimizer, lr_schedule)
+                 hidden: int = 4096, dropout: float = 0.5, P: float = 0.75, **kwargs: Any) -> None:
         if not 0 <= P <= 1:
             raise ValueError(f"P must lie in [0, 1], got {P}")
-        self.save_hyperparameters()
+        super().__init__(**kwargs)
         self.net = MultiTaskUNet(in_channels, num_classes, width, depth, hidden, dropout)
 
     @property

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from .. import defaults
 from ..backbones import build_backbone
 from ..loss import classification_loss
-from .base import Explainer, SystemModule, check_optimisation
+from .base import ConfiguredSystem, Explainer, SystemModule, check_optimisation
 from .unet import UNet
 
 THRESHOLDS = tuple(np.round(np.arange(0.05, 1.0, 0.05), 2))
@@ -95,7 +95,7 @@ def iou_by_threshold(segmenter: nn.Module, dataset: Any, thresholds: tuple[float
     return {float(th): float(i / u) if u > 0 else 0.0 for th, i, u in zip(thresholds, inter, union)}
 
 
-class PipelineModule(SystemModule):
+class PipelineModule(ConfiguredSystem):
     """U-Net followed by a classifier of segmented images.
 
     Args:
@@ -103,22 +103,16 @@ class PipelineModule(SystemModule):
         unet_width, unet_depth: the U-Net's size (paper: 64, 4).
         segmenter_epochs: epochs of stage 1.
         segmenter_lr: stage 1 learning rate (paper: 1e-4).
-        multilabel, lr, momentum, weight_decay, optimizer, lr_schedule, class_names: as for every system.
-        epsilon, zb, low, high: LRP settings of the heatmaps (the classifier explained on the segmented image).
+        kwargs: the shared settings of :class:`~isnet.systems.base.ConfiguredSystem` (the LRP settings
+            apply to the classifier, explained on the segmented image).
     """
 
     method = "pipeline"
 
     def __init__(self, backbone: str = "densenet121", num_classes: int = 3, *, in_channels: int = 3,
                  arch_kwargs: dict[str, Any] | None = None, unet_width: int = 64, unet_depth: int = 4,
-                 segmenter_epochs: int = 50, segmenter_lr: float = 1e-4, multilabel: bool = False,
-                 epsilon: float = defaults.EPSILON, zb: bool = defaults.ZB, low: float = defaults.ZB_LOW,
-                 high: float = defaults.ZB_HIGH, lr: float = defaults.LEARNING_RATE,
-                 momentum: float = defaults.MOMENTUM, weight_decay: float = defaults.WEIGHT_DECAY,
-                 optimizer: str = "sgd", lr_schedule: str = "constant", class_names: Any = None) -> None:
-        super().__init__()
-        check_optimisation(optimizer, lr_schedule)
-        self.save_hyperparameters()
+                 segmenter_epochs: int = 50, segmenter_lr: float = 1e-4, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.segmenter = UNet(in_channels, 1, unet_width, unet_depth)
         self.classifier = build_backbone(backbone, num_classes, in_channels, **(arch_kwargs or {}))
         # -1: the segmenter is not trained yet; set by before_fit, saved in checkpoints.

@@ -215,14 +215,12 @@ class AGSononetModule(ClassifierSystem):
     Args:
         num_classes, in_channels: the task.
         width: channels of the first block (paper-size network: 64).
-        epsilon, zb, low, high: LRP settings of the heatmaps.
-        other arguments: see :class:`~isnet.systems.base.ClassifierSystem`.
+        kwargs: the shared settings (LRP, optimisation) of :class:`~isnet.systems.base.ConfiguredSystem`.
     """
 
     method = "sononet"
 
-    def __init__(self, num_classes: int = 3, *, in_channels: int = 3, width: int = 64,
-                 epsilon: float = 0.01, zb: bool = True, low: float = 0.0, high: float = 1.0, **kwargs: Any) -> None:
+    def __init__(self, num_classes: int = 3, *, in_channels: int = 3, width: int = 64, **kwargs: Any) -> None:
         super().__init__(num_classes, **kwargs)
         self.network = AGSononet(in_channels, num_classes, width)
 

@@ -39,3 +39,18 @@ def loss_drops(module, batch: dict, steps: int = 15, lr: float = 0.01) -> tuple[
         torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
         opt.step()
     return losses[0], losses[-1]
+
+
+def gradient_times_input(model, x):
+    """Gradient*Input of every logit, one backward pass per logit: ``(B, K, C, H, W)``."""
+    x = x.detach().requires_grad_(True)
+    logits = model(x)
+    maps = []
+    for k in range(logits.shape[1]):
+        (grad,) = torch.autograd.grad(logits[:, k].sum(), x, retain_graph=True)
+        maps.append(x * grad)
+    return torch.stack(maps, dim=1).detach()
+
+
+def relative_error(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()

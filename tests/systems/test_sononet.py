@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from isnet import LRPGraph
 from isnet.systems.sononet import AGSononet, AttentionGate, sononet_explainer, sononet_rules
 
+from .helpers import gradient_times_input, relative_error
+
 K = 3
 
 
@@ -18,21 +20,6 @@ def eval_model(dtype=torch.float64):
     with torch.no_grad():
         model(torch.rand(4, 3, 64, 64, dtype=dtype))  # train-mode pass updates the running statistics
     return model.eval()
-
-
-def gradient_times_input(model, x):
-    """Gradient*Input of every logit: ``(B, K, C, H, W)``."""
-    x = x.detach().requires_grad_(True)
-    logits = model(x)
-    maps = []
-    for k in range(logits.shape[1]):
-        (grad,) = torch.autograd.grad(logits[:, k].sum(), x, retain_graph=True)
-        maps.append(x * grad)
-    return torch.stack(maps, dim=1).detach()
-
-
-def relative_error(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 def with_constant_attention(model):

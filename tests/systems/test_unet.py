@@ -7,20 +7,7 @@ import torch.nn.functional as F
 from isnet import LRPGraph, explain
 from isnet.systems.unet import MultiTaskUNet, UNet
 
-
-def gradient_times_input(model, x):
-    """Gradient*Input of every logit: ``(B, K, C, H, W)``."""
-    x = x.detach().requires_grad_(True)
-    logits = model(x)
-    maps = []
-    for k in range(logits.shape[1]):
-        (grad,) = torch.autograd.grad(logits[:, k].sum(), x, retain_graph=True)
-        maps.append(x * grad)
-    return torch.stack(maps, dim=1).detach()
-
-
-def relative_error(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
+from .helpers import gradient_times_input, relative_error
 
 
 def trained_multitask(depth=2, **kwargs):

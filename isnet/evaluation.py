@@ -94,20 +94,21 @@ def collect_outputs(model: nn.Module, dataset: Dataset, *, multilabel: bool = Fa
         else:
             logits, heatmaps = explainer(images)
             maps, owner = explained_maps(heatmaps, y, multilabel)
-            per_map = attention_metrics(maps.cpu().numpy(), batch["mask"][owner.cpu()].numpy())
-            per_image = {}
-            for name, v in per_map.items():
-                total = np.zeros(len(y))
-                count = np.zeros(len(y))
-                finite = np.isfinite(v)
-                np.add.at(total, owner.cpu().numpy()[finite], v[finite])
-                np.add.at(count, owner.cpu().numpy()[finite], 1)
-                per_image[name] = np.where(count > 0, total / np.maximum(count, 1), np.nan)
-            attention.append(per_image)
+            owner = owner.cpu()
+            per_map = attention_metrics(maps.cpu().numpy(), batch["mask"][owner].numpy())
+            attention.append({name: _mean_per_image(v, owner.numpy(), len(y)) for name, v in per_map.items()})
         scores.append(logits.detach().float().cpu())
         labels.append(y)
     att = ({name: np.concatenate([a[name] for a in attention]) for name in attention[0]} if attention else None)
     return Outputs(torch.cat(scores).numpy(), torch.cat(labels).numpy(), att)
+
+
+def _mean_per_image(values: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
+    """Mean of the finite ``values`` of each image ``0..n-1`` (``owner`` gives each value's image); NaN if none."""
+    finite = np.isfinite(values)
+    total = np.bincount(owner[finite], weights=values[finite], minlength=n)
+    count = np.bincount(owner[finite], minlength=n)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
 def validation_thresholds(model: nn.Module, dataset: Dataset, *, batch_size: int = 64) -> np.ndarray:

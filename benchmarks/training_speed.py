@@ -2,28 +2,44 @@
 
 One step = forward (with the B x K heatmaps for the ISNet), loss, backward and SGD
 update, as :class:`isnet.training.ISNetModule` does it.  Prints the median step
-time of both and their ratio for each K.  Usage::
+time of both and their ratio for each K.
+
+Each model is timed in its own fresh process, as training runs it: in one shared
+process the ISNet's large temporary tensors change the allocator's and the caches'
+state and slow the standard step down by up to a third, which would flatter the
+ratio.  The processes alternate (standard, ISNet, standard, ISNet, ...) for
+``--rounds`` rounds, so that slow drifts of the machine hit both alike, and the
+median is taken over all timed steps of a model.
+
+``--breakdown`` also profiles a few steps of each and prints the time spent in
+convolutions (forward, transposed and their backward passes) per step.  The
+ISNet's convolution time over the standard's *whole* step is the ratio that the
+ISNet would reach if everything else (element-wise LRP arithmetic, batch-norm
+statistics, autograd bookkeeping) were free; the convolution FLOPs alone are
+(1 + K) times the standard step's (the forward, K transposed maps and twice as much
+again in the backward pass).  Usage::
 
     python benchmarks/training_speed.py [--arch densenet121] [--size 64] [--batch 4] [--classes 3 10]
+        [--memory-format channels_last|contiguous] [--device cpu|cuda] [--breakdown]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
+import subprocess
 import sys
-from pathlib import Path
+import time
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
-from explain_speed import median_time  # noqa: E402
-
-from isnet.training import ISNetModule  # noqa: E402
+from torch.profiler import ProfilerActivity, profile
 
 
-def step_time(module: ISNetModule, batch: dict, repeats: int) -> float:
+def make_step(module, batch: dict):
     optimiser = module.configure_optimizers()
     module.train()
+    cuda = batch["image"].is_cuda
 
     def step() -> None:
         loss = module._step(batch, "train")
@@ -31,8 +47,61 @@ def step_time(module: ISNetModule, batch: dict, repeats: int) -> float:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
         optimiser.step()
+        if cuda:
+            torch.cuda.synchronize()  # wall time of the whole step, not of its launch
 
-    return median_time(step, repeats)
+    return step
+
+
+def convolution_seconds(step, repeats: int = 3) -> float:
+    """Seconds per step spent in convolution operators (self CPU time, so nothing counts twice;
+    on the CPU only)."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(repeats):
+            step()
+    total_us = sum(e.self_cpu_time_total for e in prof.key_averages() if "convolution" in e.key)
+    return total_us / 1e6 / repeats
+
+
+def worker(args: argparse.Namespace) -> None:
+    """Time one model in this process and print ``{"times": [...], "conv": s}`` as JSON."""
+    from isnet.training import ISNetModule
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)  # both models start from the same weights
+    fmt = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format
+    k = args.worker_classes
+    batch = {
+        "image": torch.rand(args.batch, 3, args.size, args.size).contiguous(memory_format=fmt),
+        "mask": (torch.rand(args.batch, 1, args.size, args.size) > 0.5).float(),
+        "label": torch.randint(0, k, (args.batch,)),
+    }
+    batch = {key: value.to(args.device) for key, value in batch.items()}
+    module = ISNetModule(args.arch, k, P=0.7 if args.worker == "isnet" else 0.0,
+                         channels_last=args.memory_format == "channels_last").to(args.device)
+    module.log_dict = module.log = lambda *a, **kw: None  # no trainer attached
+    step = make_step(module, batch)
+    for _ in range(2):
+        step()
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    result = {"times": times}
+    if args.breakdown:
+        result["conv"] = convolution_seconds(step)
+    print(json.dumps(result))
+
+
+def run_worker(args: argparse.Namespace, model: str, k: int) -> dict:
+    command = [sys.executable, __file__, "--worker", model, "--worker-classes", str(k)]
+    for name in ("arch", "size", "batch", "repeats", "threads", "memory_format", "device"):
+        command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    if args.breakdown:
+        command.append("--breakdown")
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -41,28 +110,35 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--classes", type=int, nargs="+", default=[3, 10])
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=10, help="timed steps per process")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating processes per model")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--memory-format", choices=["channels_last", "contiguous"], default="channels_last")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--breakdown", action="store_true", help="also profile the time spent in convolutions")
+    parser.add_argument("--worker", choices=["standard", "isnet"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker-classes", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    print(f"arch={args.arch} size={args.size} batch={args.batch} threads={torch.get_num_threads()} "
-          f"repeats={args.repeats} torch={torch.__version__}")
-    print(f"{'K':>4}{'standard s':>12}{'isnet s':>10}{'ratio':>8}{'target 1+K':>12}")
+    if args.worker:
+        worker(args)
+        return
+    print(f"device={args.device} arch={args.arch} size={args.size} batch={args.batch} threads={args.threads} "
+          f"steps={args.repeats}x{args.rounds} processes memory_format={args.memory_format} torch={torch.__version__}")
+    header = f"{'K':>4}{'standard s':>12}{'isnet s':>10}{'ratio':>8}{'target 1+K':>12}"
+    if args.breakdown:
+        header += f"{'std conv s':>12}{'isnet conv s':>14}{'conv-only ratio':>17}"
+    print(header, flush=True)
     for k in args.classes:
-        batch = {
-            "image": torch.rand(args.batch, 3, args.size, args.size),
-            "mask": (torch.rand(args.batch, 1, args.size, args.size) > 0.5).float(),
-            "label": torch.randint(0, k, (args.batch,)),
-        }
-        standard = ISNetModule(args.arch, k, P=0.0)
-        isnet = ISNetModule(args.arch, k, P=0.7)
-        isnet.load_state_dict(standard.state_dict())
-        isnet.log_dict = standard.log_dict = lambda *a, **kw: None  # no trainer attached
-        isnet.log = standard.log = lambda *a, **kw: None
-        t_std = step_time(standard, batch, args.repeats)
-        t_isn = step_time(isnet, batch, args.repeats)
-        print(f"{k:>4}{t_std:>12.3f}{t_isn:>10.3f}{t_isn / t_std:>8.2f}{1 + k:>12}")
+        runs: dict[str, list[dict]] = {"standard": [], "isnet": []}
+        for _ in range(args.rounds):
+            for model in runs:
+                runs[model].append(run_worker(args, model, k))
+        t_std, t_isn = (statistics.median(t for r in runs[m] for t in r["times"]) for m in runs)
+        line = f"{k:>4}{t_std:>12.3f}{t_isn:>10.3f}{t_isn / t_std:>8.2f}{1 + k:>12}"
+        if args.breakdown:
+            c_std, c_isn = (statistics.median(r["conv"] for r in runs[m]) for m in runs)
+            line += f"{c_std:>12.3f}{c_isn:>14.3f}{c_isn / t_std:>17.2f}"
+        print(line, flush=True)
 
 
 if __name__ == "__main__":

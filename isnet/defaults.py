@@ -34,3 +34,6 @@ LEARNING_RATE: float = 1e-3
 MOMENTUM: float = 0.99
 WEIGHT_DECAY: float = 0.0
 GRADIENT_CLIP_NORM: float = 1.0
+#: Train ISNets with channels-last tensors: on the CPU their relevance pass's convolutions
+#: run about twice as fast (``benchmarks/training_speed.py``); not a setting of the paper.
+CHANNELS_LAST: bool = True

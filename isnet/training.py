@@ -38,6 +38,8 @@ class ISNetModule(SystemModule):
         optimizer: ``sgd`` (the paper's) or ``adam`` (momentum then sets beta1).
         lr_schedule: ``constant`` (the paper's) or ``cosine`` (annealed to 0 over the trainer's max_epochs).
         class_names: names of the K classes, kept with exported models.
+        channels_last: keep the backbone's weights and the images channels-last (4-D
+            images only).  The same numbers up to rounding, faster training on the CPU.
     """
 
     def __init__(
@@ -65,11 +67,14 @@ class ISNetModule(SystemModule):
         optimizer: str = "sgd",
         lr_schedule: str = "constant",
         class_names: Sequence[str] | None = None,
+        channels_last: bool = defaults.CHANNELS_LAST,
     ) -> None:
         super().__init__()
         check_optimisation(optimizer, lr_schedule)
         self.save_hyperparameters()
         model = build_backbone(backbone, num_classes, in_channels, **(arch_kwargs or {}))
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)  # converts the 4-D weights only
         self.net = ISNet(model, epsilon=epsilon, zb=zb, low=low, high=high)
         self.criterion = ISNetLoss(P, d, E=E, w1=w1, w2=w2, C1=C1, C2=C2, multilabel=multilabel)
 
@@ -90,11 +95,16 @@ class ISNetModule(SystemModule):
     def uses_heatmaps(self) -> bool:
         return self.hparams.P > 0
 
+    def _layout(self, images: Tensor) -> Tensor:
+        if self.hparams.get("channels_last", False) and images.dim() == 4:
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+        return self.net(self._layout(x))
 
     def losses(self, batch: dict) -> tuple[dict[str, Tensor], Tensor]:
-        images, masks, labels = batch["image"], batch["mask"], batch["label"]
+        images, masks, labels = self._layout(batch["image"]), batch["mask"], batch["label"]
         if self.uses_heatmaps:
             logits, heatmaps = self.net(images, heatmaps=True)
         else:

@@ -97,3 +97,28 @@ def test_mixed_precision_and_deterministic_training(data, tmp_path):
                          deterministic=True)
     assert best is not None and best.exists()
     assert all(torch.isfinite(p).all() for p in module.parameters())
+
+
+def test_channels_last_training_gives_the_same_loss_and_gradients(data):
+    """The same numbers up to rounding (compared in float64: LRP's divisions amplify float32 rounding).
+    Random images: where a max-pooling window holds equal values (flat image regions), the two
+    layouts may pick different winners, both valid for Alg. 8."""
+    batch = dict(next(iter(data.train_dataloader())))
+    batch["image"] = torch.rand(batch["image"].shape, generator=torch.Generator().manual_seed(0))
+    batch = {k: v.double() if v.is_floating_point() else v for k, v in batch.items()}
+    results = []
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        module = ISNetModule("small_cnn", 3, P=0.7, arch_kwargs={"width": 8}, channels_last=channels_last)
+        module = module.double()
+        weight = next(p for p in module.parameters() if p.dim() == 4)
+        assert weight.is_contiguous(memory_format=torch.channels_last) == channels_last
+        module.train()
+        parts, _ = module.losses(batch)
+        parts["loss"].backward()
+        results.append((parts, [p.grad.clone() for p in module.parameters()]))
+    (parts, grads), (cl_parts, cl_grads) = results
+    for name in parts:
+        torch.testing.assert_close(cl_parts[name], parts[name], rtol=1e-9, atol=1e-12)
+    for g, cl_g in zip(grads, cl_grads):
+        torch.testing.assert_close(cl_g, g, rtol=1e-7, atol=1e-10)

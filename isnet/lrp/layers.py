@@ -13,7 +13,7 @@ them) and follows ``.to()``, ``.half()`` and optimiser updates.
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Any, Union
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +51,37 @@ def _conv_padding(conv: nn.Module, where: str) -> tuple[int, ...]:
             )
         return tuple(t // 2 for t in total)
     return tuple(conv.padding)
+
+
+class _ChannelStats(torch.autograd.Function):
+    """Per-channel mean and biased variance of ``y`` (batch first, channels on dim 1).
+
+    The forward uses the batch-norm kernel's own statistics routine, several times
+    faster on the CPU than reductions written out; the backward is the closed form
+    ``dL/dy = (g_mean + 2 g_var (y - mean)) / N`` with ``N`` values per channel.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, y: Tensor) -> tuple[Tensor, Tensor]:
+        mean, var = torch.batch_norm_update_stats(y, None, None, 0.0)
+        ctx.save_for_backward(y, mean)
+        return mean, var
+
+    @staticmethod
+    def backward(ctx: Any, g_mean: Tensor | None, g_var: Tensor | None) -> Tensor:
+        y, mean = ctx.saved_tensors
+        n = y.numel() // y.shape[1]
+        shape = (1, -1) + (1,) * (y.dim() - 2)
+        grad = torch.zeros_like(y) if g_mean is None else (g_mean / n).view(shape).expand_as(y)
+        if g_var is not None:
+            grad = torch.addcmul(grad, y - mean.view(shape), (g_var * (2.0 / n)).view(shape))
+        return grad
+
+
+def _channel_mean_var(y: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and biased variance of ``y`` ``(B, C, ...)``, each of shape ``(C,)``,
+    differentiable with respect to ``y``."""
+    return _ChannelStats.apply(y)
 
 
 class AffineLayer:
@@ -91,9 +122,7 @@ class AffineLayer:
         norm = self.norm
         if norm.training or norm.running_mean is None:
             # Training mode uses the statistics of this very batch, as the forward did.
-            dims = [d for d in range(y.dim()) if d != 1]
-            mean = y.mean(dims)
-            var = y.var(dims, unbiased=False)
+            mean, var = _channel_mean_var(y)
         else:
             mean, var = norm.running_mean, norm.running_var
         scale = torch.rsqrt(var + norm.eps)

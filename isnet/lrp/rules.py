@@ -39,7 +39,9 @@ def stabilized_reciprocal(z: Tensor, epsilon: float) -> Tensor:
     (LRP-0) a zero ``z`` gives 0 (0/0 := 0).  Same shape as ``z``."""
     if epsilon > 0:
         eps = z.new_tensor(epsilon)  # in z's dtype: a Python float would be rounded to float32
-        return 1.0 / (z + torch.where(z >= 0, eps, -eps))
+        # copysign(eps, z) is sign(z) * eps in one operation; adding +0.0 turns -0.0 into +0.0,
+        # so that sign(0) = +1 for both zeros.  The sign is piecewise constant: no gradient.
+        return 1.0 / (z + torch.copysign(eps, z.detach() + 0.0))
     zero = z == 0
     return (1.0 / torch.where(zero, torch.ones_like(z), z)).masked_fill(zero, 0.0)
 
@@ -52,7 +54,7 @@ def stabilized_divide(numerator: Tensor, z: Tensor, epsilon: float) -> Tensor:
     is cheaper than a division there, forward and backward.  With ``epsilon == 0``
     (LRP-0) a zero denominator gives 0 (0/0 := 0).
     """
-    return numerator * stabilized_reciprocal(z, epsilon).unsqueeze(1)
+    return class_product(stabilized_reciprocal(z, epsilon), numerator)
 
 
 def detach_bias(z: Tensor, bias: Tensor) -> Tensor:
@@ -65,9 +67,23 @@ def detach_bias(z: Tensor, bias: Tensor) -> Tensor:
     return z
 
 
-def _per_class(x: Tensor) -> Tensor:
-    """View a batch-``B`` activation so that it broadcasts over the K heatmaps."""
-    return x.unsqueeze(1)
+def _is_channels_last(x: Tensor) -> bool:
+    return x.dim() == 4 and x.shape[1] > 1 and x.stride(1) == 1 and not x.is_contiguous()
+
+
+def class_product(x: Tensor, r: Tensor) -> Tensor:
+    """``x[:, None] * r``: a batch-``B`` tensor ``(B, *S)`` times the relevance of its
+    K heatmaps ``(B, K, *S)``, broadcast over K.
+
+    For a channels-last ``x`` the product is taken with the channels innermost, so
+    that the backward pass's sum over K also returns a channels-last gradient
+    (PyTorch's reductions return contiguous tensors, and mixed layouts make every
+    later element-wise operation slow).
+    """
+    if _is_channels_last(x):
+        product = x.permute(0, 2, 3, 1).unsqueeze(1) * r.permute(0, 1, 3, 4, 2)
+        return product.permute(0, 1, 4, 2, 3)
+    return x.unsqueeze(1) * r
 
 
 def _merge(r: Tensor) -> Tensor:
@@ -165,10 +181,10 @@ class Epsilon(Rule):
         if self.layer.layer is None:
             # A lone batch norm is diagonal: R_in = [x w / (z + eps)] R, the bracket at batch size B.
             ratio = x * self.layer.channel_view(weight, x) * stabilized_reciprocal(z, self.epsilon)
-            return (_per_class(ratio) * R,)
+            return (class_product(ratio, R),)
         s = stabilized_divide(R, z, self.epsilon)
         c = self.layer.transpose(_merge(s), weight, x.shape)
-        return (_per_class(x) * c.unflatten(0, R.shape[:2]),)
+        return (class_product(x, c.unflatten(0, R.shape[:2])),)
 
 
 class ZBox(Epsilon):
@@ -211,7 +227,7 @@ class ZBox(Epsilon):
         c_pos, c_neg = self._transpose_pair(s, w_pos, w_neg, x.shape)
         split = R.shape[:2]
         return (
-            _per_class(x - low) * c_pos.unflatten(0, split) + _per_class(x - high) * c_neg.unflatten(0, split),
+            class_product(x - low, c_pos.unflatten(0, split)) + class_product(x - high, c_neg.unflatten(0, split)),
         )
 
     def _transpose_pair(self, s: Tensor, w_pos: Tensor, w_neg: Tensor, shape: torch.Size) -> tuple[Tensor, Tensor]:
@@ -246,7 +262,7 @@ class _LinearPool(Rule):
         s = _merge(stabilized_divide(R, z, self.epsilon))
         shape = (s.shape[0], *x.shape[1:])
         c = self.transpose(s, shape, params).unflatten(0, R.shape[:2])
-        return (_per_class(x) * c,)
+        return (class_product(x, c),)
 
 
 class AvgPool(_LinearPool):
@@ -362,17 +378,25 @@ class Add(Rule):
             if not isinstance(operand, Tensor) or operand.dim() != out.dim():
                 result.append(None)
                 continue
-            share = _per_class(operand) * s
+            share = class_product(operand, s)
             result.append(share.sum_to_size(*R.shape[:2], *operand.shape[1:]))
         return result
 
 
 class Concat(Rule):
     """Concatenation (DenseNet): each input takes its slice of the relevance.  A tensor
-    used by several consumers sums their relevance (Eq. 32), which the graph does."""
+    used by several consumers sums their relevance (Eq. 32), which the graph does.
 
-    def __init__(self, where: str = "") -> None:
+    Args:
+        merged: hand the slice of the first ``merged`` inputs on as one piece (the graph
+            sends it to an earlier concatenation of exactly those inputs, which splits it
+            further).  DenseNet concatenates every layer's features again in every later
+            layer; merging makes that one addition per layer instead of one per feature map.
+    """
+
+    def __init__(self, where: str = "", merged: int = 1) -> None:
         self.where = where
+        self.merged = merged
 
     def input_nodes(self, node: Node) -> list[Any]:
         tensors = node.args[0] if node.args else node.kwargs["tensors"]
@@ -385,8 +409,13 @@ class Concat(Rule):
         dim = dim % out.dim()
         if dim == 0:
             raise ValueError(f"{self.where}: concatenation along the batch dimension is not supported")
-        return out, ([t.shape[dim] for t in tensors], dim)
+        sizes = [t.shape[dim] for t in tensors]
+        if self.merged > 1:
+            sizes = [sum(sizes[: self.merged]), *sizes[self.merged :]]
+        return out, (sizes, dim)
 
     def relevance(self, R: Tensor, saved: Saved) -> Sequence[Tensor | None]:
         sizes, dim = saved
-        return R.split(sizes, dim=dim + 1)
+        # Split a (B*K, ...) view: the backward pass then concatenates batch-first tensors,
+        # which keeps a channels-last layout (5-D concatenations fall back to contiguous).
+        return [r.unflatten(0, R.shape[:2]) for r in _merge(R).split(sizes, dim=dim)]

@@ -1,0 +1,136 @@
+"""Speed-motivated parts of the engine give the same numbers: channels-last tensors, the merged
+DenseNet concatenations, the batch statistics' closed-form gradient, and the stabiliser's sign."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from isnet import LRPGraph
+from isnet.lrp.graph import LRPGraph as GraphClass
+from isnet.lrp.layers import _channel_mean_var
+from isnet.lrp.rules import Concat, class_product, stabilized_reciprocal
+
+
+class TinyDense(nn.Module):
+    """Two DenseNet-style blocks: every layer concatenates all earlier feature maps."""
+
+    def __init__(self, growth=3, layers=3, classes=4):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        channels, self.blocks = 4, nn.ModuleList()
+        for _ in range(2):
+            block = nn.ModuleList()
+            for i in range(layers):
+                block.append(nn.Sequential(nn.BatchNorm2d(channels + i * growth), nn.ReLU(),
+                                           nn.Conv2d(channels + i * growth, growth, 3, padding=1)))
+            self.blocks.append(block)
+            channels += layers * growth
+        self.head = nn.Linear(channels, classes)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        for block in self.blocks:
+            features = [x]
+            for layer in block:
+                features.append(layer(torch.cat(features, 1)))
+            x = F.max_pool2d(torch.cat(features, 1), 2)
+        return self.head(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def heatmaps_and_gradients(model, x, **kwargs):
+    graph = LRPGraph(model, **kwargs)
+    logits, heatmaps = graph(x)
+    loss = (heatmaps ** 2).sum() + logits.sum()
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    return logits.detach(), heatmaps.detach(), grads
+
+
+def test_merged_concatenations_give_bit_identical_heatmaps_and_gradients(monkeypatch):
+    torch.manual_seed(0)
+    model = TinyDense().double().train()
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    merged = LRPGraph(model)
+    concats = [s.rule for s in merged._steps.values() if isinstance(s.rule, Concat)]
+    # Layers 3 of each block and each block's output reuse the previous concatenation.
+    assert sum(rule.merged > 1 for rule in concats) == 4
+    running = {name: b.clone() for name, b in model.named_buffers()}
+    logits, heatmaps, grads = heatmaps_and_gradients(model, x)
+    for name, b in model.named_buffers():
+        b.copy_(running[name])
+    monkeypatch.setattr(GraphClass, "_merge_concat_prefixes", lambda self: None)
+    plain = LRPGraph(model)
+    assert all(s.rule.merged == 1 for s in plain._steps.values() if isinstance(s.rule, Concat))
+    ref_logits, ref_heatmaps, ref_grads = heatmaps_and_gradients(model, x)
+    assert torch.equal(logits, ref_logits) and torch.equal(heatmaps, ref_heatmaps)
+    for g, r in zip(grads, ref_grads):
+        assert torch.equal(g, r)
+
+
+def test_concatenations_along_another_dim_or_order_are_not_merged():
+    class Mixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Conv2d(3, 2, 1), nn.Conv2d(3, 2, 1), nn.Conv2d(3, 2, 1)
+            self.fc = nn.Linear(24, 2)
+
+        def forward(self, x):
+            a, b, c = self.a(x), self.b(x), self.c(x)
+            first = torch.cat([a, b], 1)  # (2+2) channels
+            wide = torch.cat([a, b, c], 3)  # same prefix, other dimension
+            swapped = torch.cat([b, a, c], 1)  # other order
+            pooled = [F.adaptive_avg_pool2d(t, 1).flatten(1) for t in (first, wide, swapped)]
+            return self.fc(torch.cat([pooled[0], pooled[1], pooled[2]], 1).repeat(1, 2))
+
+    graph = LRPGraph(Mixed(), zb=False)
+    assert all(s.rule.merged == 1 for s in graph._steps.values() if isinstance(s.rule, Concat))
+
+
+def cl(t):
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def test_channels_last_model_gives_the_same_heatmaps_and_gradients():
+    torch.manual_seed(0)
+    model = TinyDense().double().train()
+    x = torch.rand(3, 3, 8, 8, dtype=torch.float64)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    logits, heatmaps, grads = heatmaps_and_gradients(model, x)
+    model.load_state_dict(state)
+    model = model.to(memory_format=torch.channels_last)
+    cl_logits, cl_heatmaps, cl_grads = heatmaps_and_gradients(model, cl(x))
+    torch.testing.assert_close(cl_logits, logits, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(cl_heatmaps, heatmaps, rtol=1e-9, atol=1e-12)
+    for g, r in zip(cl_grads, grads):
+        torch.testing.assert_close(g, r, rtol=1e-8, atol=1e-10)
+
+
+def test_class_product_keeps_the_channels_last_layout_of_its_gradients():
+    x = cl(torch.rand(2, 5, 4, 4, dtype=torch.float64)).requires_grad_()
+    r = torch.rand(2, 3, 5, 4, 4, dtype=torch.float64).requires_grad_()
+    out = class_product(x, r)
+    torch.testing.assert_close(out, x.unsqueeze(1) * r)
+    gx, gr = torch.autograd.grad((out * torch.rand_like(out)).sum(), (x, r))
+    assert gx.is_contiguous(memory_format=torch.channels_last)
+    assert torch.autograd.gradcheck(class_product, (x, r))
+
+
+@pytest.mark.parametrize("shape", [(6, 3), (4, 3, 5), (3, 4, 5, 5), (2, 3, 2, 3, 4)])
+def test_channel_statistics_and_their_gradients(shape):
+    y = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    dims = [d for d in range(y.dim()) if d != 1]
+    mean, var = _channel_mean_var(y)
+    torch.testing.assert_close(mean, y.mean(dims))
+    torch.testing.assert_close(var, y.var(dims, unbiased=False))
+    assert torch.autograd.gradcheck(_channel_mean_var, (y,))
+    assert torch.autograd.gradgradcheck(_channel_mean_var, (y,))
+    (g,) = torch.autograd.grad(_channel_mean_var(cl(y) if y.dim() == 4 else y)[1].sum(), y)
+    torch.testing.assert_close(g, 2 * (y - y.mean(dims, keepdim=True)) / (y.numel() // y.shape[1]))
+
+
+def test_stabiliser_treats_both_zeros_as_positive():
+    z = torch.tensor([0.0, -0.0, 0.5, -0.5], dtype=torch.float64, requires_grad=True)
+    r = stabilized_reciprocal(z, 0.25)
+    torch.testing.assert_close(r.detach(), torch.tensor([4.0, 4.0, 1 / 0.75, -1 / 0.75], dtype=torch.float64))
+    (g,) = torch.autograd.grad(r.sum(), z)
+    torch.testing.assert_close(g, -r.detach() ** 2)  # d/dz 1/(z + eps sign z) = -1/(z + eps sign z)^2

@@ -48,6 +48,8 @@ class ISNet(nn.Module):
         has shape ``(B, K', C, H, W)`` for the ``K'`` explained ``classes`` (default all)."""
         if not heatmaps:
             return self.backbone(x)
+        if self.lrp_graph.model is not self.backbone or not self.lrp_graph.is_current():  # modules replaced
+            self.lrp_graph = LRPGraph(self.backbone, **self._lrp_settings)
         return self.lrp_graph(x, classes=classes)
 
     def __getstate__(self) -> dict:

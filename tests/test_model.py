@@ -3,10 +3,12 @@
 import copy
 import pickle
 
+import pytest
 import torch
 import torchvision
+from torch import nn
 
-from isnet import ISNet, explain
+from isnet import ISNet, UnsupportedOperationError, explain
 from isnet.backbones import build_backbone
 
 
@@ -82,3 +84,23 @@ def test_explain_accepts_an_isnet():
     net = make()
     x = torch.rand(1, 3, 32, 32)
     torch.testing.assert_close(explain(net, x, epsilon=0.1), explain(net.backbone, x, epsilon=0.1))
+
+
+def test_replaced_backbone_modules_are_picked_up():
+    """A layer swapped after the ISNet was built (as training frameworks do) is used by the heatmaps."""
+    net = make()
+    x = torch.rand(2, 3, 32, 32)
+    net.eval()
+    old = net(x, heatmaps=True)[1]
+    first = net.backbone.conv1
+    net.backbone.conv1 = nn.Conv2d(first.in_channels, first.out_channels, 7, stride=2, padding=3, bias=False)
+    logits, heatmaps = net(x, heatmaps=True)
+    torch.testing.assert_close(logits, net.backbone(x))
+    assert not torch.allclose(heatmaps, old)
+
+
+def test_sync_batch_norm_gets_a_clear_error():
+    net = make()
+    net.backbone = nn.SyncBatchNorm.convert_sync_batchnorm(net.backbone)
+    with pytest.raises(UnsupportedOperationError, match="SyncBatchNorm.*sync_batchnorm=False"):
+        net(torch.rand(2, 3, 32, 32), heatmaps=True)

@@ -1,5 +1,7 @@
 """The training module: both kinds of classifier learn, heatmaps only when P > 0, export, C1/C2."""
 
+import csv
+import math
 import warnings
 
 import lightning as L
@@ -122,3 +124,21 @@ def test_channels_last_training_gives_the_same_loss_and_gradients(data):
         torch.testing.assert_close(cl_parts[name], parts[name], rtol=1e-9, atol=1e-12)
     for g, cl_g in zip(grads, cl_grads):
         torch.testing.assert_close(cl_g, g, rtol=1e-7, atol=1e-10)
+
+
+def test_isnet_trains_with_ddp_on_two_processes(data, tmp_path):
+    """Distributed data parallel (two CPU processes, gloo): every rank computes the heatmaps and the
+    heatmap loss of its share of the batch, DDP averages the gradients, and the trained weights and
+    the best checkpoint come back to the calling process."""
+    from isnet.training import train
+
+    L.seed_everything(0, verbose=False)
+    module = ISNetModule("small_cnn", 3, P=0.7, arch_kwargs={"width": 8}, lr=0.01, momentum=0.9, C1=0.5, C2=20.0)
+    before = [p.detach().clone() for p in module.parameters()]
+    module, best = train(module, data, tmp_path, max_epochs=2, progress=False, accelerator="cpu", devices=2,
+                         strategy="ddp_spawn")
+    assert best is not None and best.exists()
+    with open(tmp_path / "logs" / "metrics.csv") as f:
+        losses = [float(row["train/loss"]) for row in csv.DictReader(f) if row.get("train/loss")]
+    assert len(losses) == 2 and all(map(math.isfinite, losses))
+    assert any(not torch.equal(a, b) for a, b in zip(before, module.parameters()))  # trained weights came back

@@ -314,6 +314,12 @@ class LRPGraph:
                 continue
             rule = self._rule_for(node)
             if rule is None:
+                if node.op == "call_module" and isinstance(self._modules[node.target], nn.SyncBatchNorm):
+                    raise UnsupportedOperationError(
+                        f"{self._where(node)}: SyncBatchNorm (e.g. Lightning's sync_batchnorm=True) is not "
+                        "supported; the LRP rules recompute the batch statistics of each process's own batch, "
+                        "so train with per-process BatchNorm (sync_batchnorm=False)"
+                    )
                 if node.op == "call_module":
                     raise UnsupportedOperationError(
                         f"no LRP rule for {self._where(node)}; supported modules: Conv1d/2d/3d, Linear, "
@@ -416,6 +422,13 @@ class LRPGraph:
                 )
             step.rule = ZBox(step.rule.layer, self.epsilon, self.low, self.high)
             self.first_layers.append(step.call_node)
+
+    def is_current(self) -> bool:
+        """Whether the model still holds the very modules the graph was built from (a module
+        replaced after construction, e.g. by a training framework's layer conversion, is not
+        seen by the graph; rebuild it then)."""
+        current = dict(self._root.named_modules())
+        return len(current) == len(self._modules) and all(current.get(n) is m for n, m in self._modules.items())
 
     # -- running -------------------------------------------------------------------------------
     def _check_images(self, x: Tensor) -> None:

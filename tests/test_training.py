@@ -126,19 +126,29 @@ def test_channels_last_training_gives_the_same_loss_and_gradients(data):
         torch.testing.assert_close(cl_g, g, rtol=1e-7, atol=1e-10)
 
 
-def test_isnet_trains_with_ddp_on_two_processes(data, tmp_path):
+def test_isnet_trains_with_ddp_on_two_processes(tmp_path):
     """Distributed data parallel (two CPU processes, gloo): every rank computes the heatmaps and the
     heatmap loss of its share of the batch, DDP averages the gradients, and the trained weights and
     the best checkpoint come back to the calling process."""
     from isnet.training import train
 
+    root = generate_digits_on_textures(tmp_path / "digits", per_class=(16, 4, 4), size=32)
+    data = MaskedImageDataModule(root, size=32, bias=True, augment=False, batch_size=8)
+    data.setup()
     L.seed_everything(0, verbose=False)
     module = ISNetModule("small_cnn", 3, P=0.7, arch_kwargs={"width": 8}, lr=0.01, momentum=0.9, C1=0.5, C2=20.0)
     before = [p.detach().clone() for p in module.parameters()]
-    module, best = train(module, data, tmp_path, max_epochs=2, progress=False, accelerator="cpu", devices=2,
-                         strategy="ddp_spawn")
+    # The spawned processes receive the module by pickling; sharing its tensors through files rather
+    # than file descriptors keeps them independent of descriptors that other tests opened and closed.
+    previous = torch.multiprocessing.get_sharing_strategy()
+    torch.multiprocessing.set_sharing_strategy("file_system")
+    try:
+        module, best = train(module, data, tmp_path / "run", max_epochs=2, progress=False, accelerator="cpu",
+                             devices=2, strategy="ddp_spawn")
+    finally:
+        torch.multiprocessing.set_sharing_strategy(previous)
     assert best is not None and best.exists()
-    with open(tmp_path / "logs" / "metrics.csv") as f:
+    with open(tmp_path / "run" / "logs" / "metrics.csv") as f:
         losses = [float(row["train/loss"]) for row in csv.DictReader(f) if row.get("train/loss")]
     assert len(losses) == 2 and all(map(math.isfinite, losses))
     assert any(not torch.equal(a, b) for a, b in zip(before, module.parameters()))  # trained weights came back

@@ -75,6 +75,9 @@ def _benchmark(args: argparse.Namespace) -> int:
         overrides["isnet_epochs"] = args.isnet_epochs
     if args.standard_epochs is not None:
         overrides["standard_epochs"] = args.standard_epochs
+    if args.warm_start is not None:
+        names = [] if args.warm_start.strip() == "none" else args.warm_start.split(",")
+        overrides["warm_start"] = tuple(n.strip() for n in names if n.strip())
     datasets = args.datasets or ("all" if args.models == "all" else "digits")
     report = run_benchmark(args.out, profile=args.profile, seed=args.seed, progress=not args.quiet,
                            models=args.models, datasets=datasets, **overrides)
@@ -309,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--isnet-epochs", type=int)
     p.add_argument("--standard-epochs", type=int)
+    p.add_argument("--warm-start", help="comma-separated systems that start from the trained standard classifier's "
+                                        "weights (default: isnet), or 'none' for the paper's random start")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--models", default="standard,isnet,reference",
                    help="comma-separated systems (standard, isnet, reference, pipeline, multitask, sononet, gain, "

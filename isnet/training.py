@@ -37,6 +37,8 @@ class ISNetModule(SystemModule):
         lr, momentum, weight_decay: optimiser settings (Appendix F.2: SGD, momentum 0.99, lr 1e-3).
         optimizer: ``sgd`` (the paper's) or ``adam`` (momentum then sets beta1).
         lr_schedule: ``constant`` (the paper's) or ``cosine`` (annealed to 0 over the trainer's max_epochs).
+        warmup_epochs: linear learning-rate warm-up over this many epochs before the schedule
+            (0, the paper's setting: none); steadies Adam's first steps under the heatmap loss.
         class_names: names of the K classes, kept with exported models.
         channels_last: keep the backbone's weights and the images channels-last (4-D
             images only).  The same numbers up to rounding, faster training on the CPU.
@@ -66,11 +68,12 @@ class ISNetModule(SystemModule):
         weight_decay: float = defaults.WEIGHT_DECAY,
         optimizer: str = "sgd",
         lr_schedule: str = "constant",
+        warmup_epochs: float = 0.0,
         class_names: Sequence[str] | None = None,
         channels_last: bool = defaults.CHANNELS_LAST,
     ) -> None:
         super().__init__()
-        check_optimisation(optimizer, lr_schedule)
+        check_optimisation(optimizer, lr_schedule, warmup_epochs)
         self.save_hyperparameters()
         model = build_backbone(backbone, num_classes, in_channels, **(arch_kwargs or {}))
         if channels_last:

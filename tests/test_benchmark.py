@@ -82,3 +82,57 @@ def test_unknown_models_and_datasets_are_named(tmp_path):
         run_benchmark(tmp_path, profile=TINY, models="standard,resnet")
     with pytest.raises(ValueError, match=r"unknown dataset\(s\) \['mnist'\]"):
         run_benchmark(tmp_path, profile=TINY, datasets="mnist")
+
+
+def _initial_weights(monkeypatch) -> dict:
+    """Record every model's weights as training starts, and the standard classifier's when it ends."""
+    import isnet.benchmark as bench
+
+    seen: dict = {}
+    real = bench.train
+
+    def train(module, data, folder, **kw):
+        name = folder.name
+        seen[name] = {k: v.clone() for k, v in module.deployed.state_dict().items()}
+        out = real(module, data, folder, **kw)
+        if name == "standard":
+            seen["standard (trained)"] = {k: v.clone() for k, v in out[0].deployed.state_dict().items()}
+        return out
+
+    monkeypatch.setattr(bench, "train", train)
+    return seen
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
+
+
+def test_isnet_starts_from_the_trained_standard_classifier(tmp_path, monkeypatch):
+    seen = _initial_weights(monkeypatch)
+    run_benchmark(tmp_path, profile=TINY, progress=False, models="isnet")
+    assert _same(seen["isnet"], seen["standard (trained)"])
+    assert not _same(seen["standard"], seen["standard (trained)"])  # the standard classifier did train
+    assert "Started from the standard classifier's trained weights" in (tmp_path / "report.md").read_text()
+
+
+def test_no_warm_start_gives_the_papers_random_start(tmp_path, monkeypatch):
+    seen = _initial_weights(monkeypatch)
+    run_benchmark(tmp_path, profile=TINY, progress=False, models="isnet", warm_start=())
+    assert not _same(seen["isnet"], seen["standard (trained)"])
+    assert "Started from the standard" not in (tmp_path / "report.md").read_text()
+
+
+def test_warm_start_of_a_system_without_a_plain_backbone_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"warm_start: \['vit'\]"):
+        run_benchmark(tmp_path, profile=TINY, progress=False, models="vit", warm_start=("vit",))
+
+
+def test_cli_warm_start_option_reaches_the_profile(tmp_path, capsys):
+    assert main(["benchmark", "--out", str(tmp_path), "--models", "vit", "--warm-start", "vit,isnet", "--quiet"]) == 2
+    assert "warm_start: ['vit']" in capsys.readouterr().err
+
+
+def test_c1_c2_set_by_hand_replace_the_estimate(tmp_path):
+    report = run_benchmark(tmp_path, profile=TINY, progress=False, models="isnet", C1=0.5, C2=7.0)
+    assert (report["C1"], report["C2"]) == (0.5, 7.0)
+    assert "C1 = 0.5, C2 = 7" in (tmp_path / "report.md").read_text()

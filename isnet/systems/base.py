@@ -12,6 +12,8 @@ systems train, checkpoint and log the same way through :func:`isnet.training.tra
 from __future__ import annotations
 
 import json
+import math
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
@@ -28,12 +30,32 @@ OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "cosine")
 
 
-def check_optimisation(optimizer: str, lr_schedule: str) -> None:
-    """Raise a ValueError naming an unknown optimiser or schedule."""
+def check_optimisation(optimizer: str, lr_schedule: str, warmup_epochs: float = 0.0) -> None:
+    """Raise a ValueError naming an unknown optimiser or schedule, or a negative warm-up."""
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
     if lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
+    if not math.isfinite(warmup_epochs) or warmup_epochs < 0:
+        raise ValueError(f"warmup_epochs must be a number >= 0, got {warmup_epochs!r}")
+
+
+def warmup_steps(warmup_epochs: float, total_steps: int, max_epochs: int | None) -> int:
+    """Optimiser steps of a warm-up of ``warmup_epochs`` epochs in a run of ``total_steps`` steps."""
+    per_epoch = total_steps / max(1, max_epochs or 1)
+    return max(1, min(total_steps, round(warmup_epochs * per_epoch)))
+
+
+def lr_factor(step: int, *, warmup_steps: int, total_steps: int, cosine: bool) -> float:
+    """Learning-rate multiplier at optimiser step ``step`` (0-based): a linear ramp from
+    ``1 / warmup_steps`` to 1 over the first ``warmup_steps`` steps, then constant or a
+    cosine annealing to 0 at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if not cosine:
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class SystemModule(L.LightningModule):
@@ -114,10 +136,17 @@ class SystemModule(L.LightningModule):
             optimiser = torch.optim.Adam(params, lr=hp.lr, betas=(hp.momentum, 0.999), weight_decay=hp.weight_decay)
         else:
             optimiser = torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
-        if hp.lr_schedule == "constant" or self._trainer is None:
+        warmup = float(hp.get("warmup_epochs", 0) or 0)
+        if self._trainer is None or (hp.lr_schedule == "constant" and warmup == 0):
             return optimiser
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, self.trainer.max_epochs))
-        return {"optimizer": optimiser, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
+        if warmup == 0:
+            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, self.trainer.max_epochs))
+            return {"optimizer": optimiser, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        steps = warmup_steps(warmup, total, self.trainer.max_epochs)
+        factor = partial(lr_factor, warmup_steps=steps, total_steps=total, cosine=hp.lr_schedule == "cosine")
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
+        return {"optimizer": optimiser, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["isnet_method"] = self.method
@@ -163,15 +192,17 @@ class ConfiguredSystem(SystemModule):
         multilabel: binary cross-entropy and independent labels.
         epsilon, zb, low, high: LRP settings of the heatmaps in reports.
         lr, momentum, weight_decay, optimizer, lr_schedule: optimisation (Appendix F.2 defaults).
+        warmup_epochs: linear learning-rate warm-up before the schedule (0: none, the paper's).
         class_names: names of the K classes.
     """
 
     def __init__(self, *, multilabel: bool = False, epsilon: float = defaults.EPSILON, zb: bool = defaults.ZB,
                  low: float = defaults.ZB_LOW, high: float = defaults.ZB_HIGH, lr: float = defaults.LEARNING_RATE,
                  momentum: float = defaults.MOMENTUM, weight_decay: float = defaults.WEIGHT_DECAY,
-                 optimizer: str = "sgd", lr_schedule: str = "constant", class_names: Any = None) -> None:
+                 optimizer: str = "sgd", lr_schedule: str = "constant", warmup_epochs: float = 0.0,
+                 class_names: Any = None) -> None:
         super().__init__()
-        check_optimisation(optimizer, lr_schedule)
+        check_optimisation(optimizer, lr_schedule, warmup_epochs)
         self.save_hyperparameters()
 
 

@@ -120,9 +120,7 @@ def _settings(method: str, prof: Profile, classes: list[str], c: dict[str, tuple
     """``(system method, its arguments, epochs)`` of a benchmark model."""
     P, d = (prof.radiograph_P, prof.radiograph_d) if dataset == "radiographs" else (prof.P, prof.d)
     common = dict(optimizer=prof.optimizer, lr=prof.lr, momentum=prof.momentum, lr_schedule=prof.lr_schedule,
-                  class_names=classes)
-    if prof.warmup_epochs:
-        common["warmup_epochs"] = prof.warmup_epochs
+                  warmup_epochs=prof.warmup_epochs, class_names=classes)
     arch = {"width": prof.width, "batch_norm": prof.batch_norm} if prof.backbone == "small_cnn" else {}
     backbone = dict(backbone=prof.backbone, arch_kwargs=arch, **common)
     if method in ("standard", "reference"):

@@ -136,7 +136,7 @@ class SystemModule(L.LightningModule):
             optimiser = torch.optim.Adam(params, lr=hp.lr, betas=(hp.momentum, 0.999), weight_decay=hp.weight_decay)
         else:
             optimiser = torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
-        warmup = float(hp.get("warmup_epochs", 0) or 0)
+        warmup = hp.get("warmup_epochs", 0)  # absent from checkpoints older than the option
         if self._trainer is None or (hp.lr_schedule == "constant" and warmup == 0):
             return optimiser
         if warmup == 0:

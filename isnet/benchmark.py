@@ -210,7 +210,7 @@ def run_benchmark(out: str | Path, *, profile: str | Profile = "quick", seed: in
     Args:
         out: output folder.
         profile: ``quick`` (the default models on digits in under 10 minutes on 2 CPU cores;
-            all models on both benchmarks in about an hour), ``long``, or a :class:`Profile`.
+            all models on both benchmarks in about 40 minutes), ``long``, or a :class:`Profile`.
         models: names from :data:`ALL_MODELS`, a comma-separated string, or ``"all"``.
         datasets: names from :data:`DATASETS`, a comma-separated string, or ``"all"``.
         overrides: fields of the profile to change (e.g. ``isnet_epochs=40``).

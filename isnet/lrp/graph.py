@@ -21,7 +21,10 @@ for the norms that follow a concatenation, equals Algorithm 11 at epsilon = 0;
 for epsilon > 0 the two differ only by the factor ``y / (y + eps*sign(y))`` at
 the producing convolution's output ``y``.  With epsilon = 0 and no zB the
 heatmaps therefore equal Gradient*Input in every supported network
-(Appendix H).
+(Appendix H).  When such a norm's output reaches a single layer (through gates
+such as ReLU), that layer's rule applies the norm's batch-``B`` factor to its own
+input and hands its relevance straight to the norm's input: the same products,
+one ``B*K``-sized tensor fewer.
 """
 
 from __future__ import annotations
@@ -175,6 +178,7 @@ class _Step:
     rule: Rule
     call_node: fx.Node  # whose args the rule's forward receives
     inputs: list[Any] = field(default_factory=list)  # fx nodes (or constants) aligned with rule.relevance
+    absorbed: fx.Node | None = None  # a lone norm whose relevance this step computes too
 
 
 class _LeafTracer(fx.Tracer):
@@ -331,6 +335,7 @@ class LRPGraph:
             self._steps[node] = _Step(rule, node, rule.input_nodes(node))
         self._merge_concat_prefixes()
         self._apply_zb()
+        self._absorb_lone_norms()
 
     def _merge_concat_prefixes(self) -> None:
         """Let a concatenation whose first inputs are exactly those of an earlier
@@ -357,6 +362,40 @@ class LRPGraph:
                     step.inputs = [source, *inputs[m:]]
                     break
             earlier[(dim, *inputs)] = node
+
+    def _absorb_lone_norms(self) -> None:
+        """Let the layer after a lone batch norm propagate through the norm as well.
+
+        DenseNet's ``norm -> relu -> conv`` (and ``norm -> relu -> pool``): the norm's rule
+        multiplies the relevance by the batch-``B`` ratio ``q = x w / (z + eps)``, and the
+        layer's rule multiplies ``W^T s`` by its input ``a``.  With a single consumer all
+        along, ``R_norm_in = q * a * W^T s``: the layer takes ``q * a`` as its input factor
+        and hands its relevance straight to the norm's input.  The same sums, with one
+        ``B*K``-sized product (and its backward) fewer per norm, at the widest tensors of
+        a DenseNet.
+        """
+        by_call = {step.call_node: key for key, step in self._steps.items()}
+
+        def only_consumer(node: fx.Node) -> _Step | None:
+            """The step that alone uses ``node``, and uses it as its relevance input."""
+            if len(node.users) != 1:
+                return None
+            key = by_call.get(next(iter(node.users)))
+            step = self._steps.get(key) if key is not None else None
+            return step if step is not None and step.inputs == [node] else None
+
+        for key, step in list(self._steps.items()):
+            if type(step.rule) is not Epsilon or step.rule.layer.layer is not None:
+                continue
+            consumer, node = only_consumer(key), key
+            # Gates and identities in between hand relevance on unchanged.
+            while consumer is not None and type(consumer.rule) is PassThrough:
+                node = by_call[consumer.call_node]
+                consumer = only_consumer(node)
+            if consumer is None or not consumer.rule.scales_input or consumer.absorbed is not None:
+                continue
+            consumer.absorbed = key
+            consumer.inputs = list(step.inputs)
 
     def _fuse_norm(self, node: fx.Node) -> _Step | None:
         """Fuse a batch norm into the conv/linear that feeds only it (Appendix D.2)."""
@@ -547,7 +586,11 @@ class LRPGraph:
                     return R
                 continue
             step = self._steps[node]
-            for source, r in zip(step.inputs, step.rule.relevance(R, saved[node])):
+            own = saved[node]
+            if step.absorbed is not None:
+                ratio = self._steps[step.absorbed].rule.diagonal_ratio(saved[step.absorbed])
+                own = (own[0] * ratio, *own[1:])
+            for source, r in zip(step.inputs, step.rule.relevance(R, own)):
                 if r is None or not isinstance(source, fx.Node) or source not in self._carrying:
                     continue
                 pending[source] = r if source not in pending else pending[source] + r

@@ -97,7 +97,15 @@ def _shape_only(r: Tensor, shape: Sequence[int]) -> Tensor:
 
 
 class Rule:
-    """Base class: relevance propagation through one operation."""
+    """Base class: relevance propagation through one operation.
+
+    ``scales_input``: the rule's relevance at its (single) input is ``class_product(x, C)``
+    with ``x = saved[0]``, the input activation, and ``C`` independent of ``x``'s value,
+    so that a diagonal rule before it can be absorbed by scaling ``x`` (see
+    :class:`isnet.lrp.graph.LRPGraph`).
+    """
+
+    scales_input = False
 
     def input_nodes(self, node: Node) -> list[Any]:
         return [node.args[0]]
@@ -162,6 +170,7 @@ class Epsilon(Rule):
     def __init__(self, layer: AffineLayer, epsilon: float) -> None:
         self.layer = layer
         self.epsilon = float(epsilon)
+        self.scales_input = layer.layer is not None
 
     def forward(self, args: tuple, kwargs: dict) -> tuple[Tensor, Saved]:
         x = args[0]
@@ -176,12 +185,17 @@ class Epsilon(Rule):
             z = detach_bias(z, self.layer.channel_view(bias, z))
         return x, weight, z
 
-    def relevance(self, R: Tensor, saved: Saved) -> Sequence[Tensor | None]:
+    def diagonal_ratio(self, saved: Saved) -> Tensor:
+        """For a lone batch norm (no layer): ``x w / (z + sign(z) eps)``, the batch-``B`` factor
+        with ``R_in = ratio * R``.  Same shape as the norm's input."""
         x, weight, z = self._denominator(saved)
+        return x * self.layer.channel_view(weight, x) * stabilized_reciprocal(z, self.epsilon)
+
+    def relevance(self, R: Tensor, saved: Saved) -> Sequence[Tensor | None]:
         if self.layer.layer is None:
             # A lone batch norm is diagonal: R_in = [x w / (z + eps)] R, the bracket at batch size B.
-            ratio = x * self.layer.channel_view(weight, x) * stabilized_reciprocal(z, self.epsilon)
-            return (class_product(ratio, R),)
+            return (class_product(self.diagonal_ratio(saved), R),)
+        x, weight, z = self._denominator(saved)
         s = stabilized_divide(R, z, self.epsilon)
         c = self.layer.transpose(_merge(s), weight, x.shape)
         return (class_product(x, c.unflatten(0, R.shape[:2])),)
@@ -202,6 +216,7 @@ class ZBox(Epsilon):
 
     def __init__(self, layer: AffineLayer, epsilon: float, low: Tensor, high: Tensor) -> None:
         super().__init__(layer, epsilon)
+        self.scales_input = False  # its relevance also has the bound terms
         self.low = low
         self.high = high
 
@@ -242,6 +257,8 @@ class ZBox(Epsilon):
 
 class _LinearPool(Rule):
     """Average pooling as a convolution with constant weights, LRP-epsilon (Alg. 7)."""
+
+    scales_input = True
 
     def __init__(self, epsilon: float) -> None:
         self.epsilon = float(epsilon)

@@ -255,3 +255,58 @@ def test_reshape_across_the_batch_is_rejected():
 def test_negative_epsilon_is_rejected():
     with pytest.raises(ValueError, match="epsilon"):
         LRPGraph(small_cnn(), epsilon=-0.1)
+
+
+# -- a lone norm absorbed by the layer after it -------------------------------------------------
+def _absorbed(graph):
+    return [step.absorbed.target for step in graph._steps.values() if step.absorbed is not None]
+
+
+def test_densenet_norms_after_concatenations_are_absorbed_with_equal_heatmaps_and_gradients(monkeypatch):
+    """Absorbing a lone norm into the layer after it regroups the same products: heatmaps
+    and the heatmap loss's parameter gradients must not change (float64, training mode)."""
+    torch.manual_seed(0)
+    net = torchvision.models.densenet121(weights=None, num_classes=3).double().train()
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+
+    def heatmaps_and_gradients(graph):
+        net.zero_grad()
+        _, heatmaps = graph(x)
+        (heatmaps.abs().sum() + heatmaps.pow(2).sum()).backward()
+        return heatmaps.detach(), torch.cat([p.grad.flatten() for p in net.parameters()])
+
+    absorbing = LRPGraph(net, epsilon=0.01)
+    # every dense layer's norm1, the transitions' norms and norm5 (before the classifier's pooling)
+    assert len(_absorbed(absorbing)) == 58 + 3 + 1
+    monkeypatch.setattr(LRPGraph, "_absorb_lone_norms", lambda self: None)
+    plain = LRPGraph(net, epsilon=0.01)
+    assert _absorbed(plain) == []
+    h1, g1 = heatmaps_and_gradients(absorbing)
+    h0, g0 = heatmaps_and_gradients(plain)
+    # Near-zero batch-norm denominators amplify rounding in single entries; compare against the largest.
+    assert (h1 - h0).abs().max() <= 1e-12 * h0.abs().max()
+    assert (g1 - g0).abs().max() <= 1e-12 * g0.abs().max()
+    assert g0.abs().max() > 0
+
+
+def test_a_lone_norm_with_two_consumers_keeps_its_own_rule():
+    class TwoConsumers(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.norm = nn.BatchNorm2d(4)
+            self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            a = F.relu(self.norm(F.relu(self.conv(x))))
+            y = F.relu(self.conv2(a)) + a  # the norm's activation also feeds the skip
+            return self.fc(y.mean((2, 3)))
+
+    class Chain(TwoConsumers):
+        def forward(self, x):
+            a = nn.functional.dropout(F.relu(self.norm(F.relu(self.conv(x)))), 0.0)
+            return self.fc(F.relu(self.conv2(a)).mean((2, 3)))
+
+    assert _absorbed(LRPGraph(TwoConsumers())) == []
+    assert _absorbed(LRPGraph(Chain())) == ["norm"]  # through ReLU and dropout to conv2

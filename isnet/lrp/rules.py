@@ -358,6 +358,13 @@ class WinnerTakesAll(Rule):
     def relevance(self, R: Tensor, saved: Saved) -> Sequence[Tensor | None]:
         shape, indices = saved
         B, K, C = R.shape[:3]
+        if _is_channels_last(indices):
+            # Scatter with the channels innermost, so that the relevance stays channels-last: the
+            # layer before multiplies it by its channels-last input, which is slow in mixed layouts.
+            src = R.permute(0, 1, 3, 4, 2).reshape(B, K, -1, C)
+            index = indices.permute(0, 2, 3, 1).reshape(B, 1, -1, C).expand_as(src)
+            out = R.new_zeros(B, K, math.prod(shape[2:]), C).scatter_add_(2, index, src)
+            return (out.view(B, K, *shape[2:], C).permute(0, 1, 4, 2, 3),)
         src = R.flatten(3)
         index = indices.flatten(2).unsqueeze(1).expand_as(src)
         # A fresh buffer filled in place: no copy of it for an out-of-place scatter.

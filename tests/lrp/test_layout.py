@@ -1,15 +1,17 @@
 """Speed-motivated parts of the engine give the same numbers: channels-last tensors, the merged
-DenseNet concatenations, the batch statistics' closed-form gradient, and the stabiliser's sign."""
+DenseNet concatenations, lone norms absorbed by the next layer, the batch statistics' closed-form
+gradient, and the stabiliser's sign."""
 
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
 
 from isnet import LRPGraph
 from isnet.lrp.graph import LRPGraph as GraphClass
 from isnet.lrp.layers import _channel_mean_var
-from isnet.lrp.rules import Concat, class_product, stabilized_reciprocal
+from isnet.lrp.rules import Concat, WinnerTakesAll, class_product, stabilized_reciprocal
 
 
 class TinyDense(nn.Module):
@@ -134,3 +136,72 @@ def test_stabiliser_treats_both_zeros_as_positive():
     torch.testing.assert_close(r.detach(), torch.tensor([4.0, 4.0, 1 / 0.75, -1 / 0.75], dtype=torch.float64))
     (g,) = torch.autograd.grad(r.sum(), z)
     torch.testing.assert_close(g, -r.detach() ** 2)  # d/dz 1/(z + eps sign z) = -1/(z + eps sign z)^2
+
+
+# -- a lone norm absorbed by the layer after it -------------------------------------------------
+def _absorbed(graph):
+    return [step.absorbed.target for step in graph._steps.values() if step.absorbed is not None]
+
+
+def test_densenet_norms_after_concatenations_are_absorbed_with_equal_heatmaps_and_gradients(monkeypatch):
+    """Absorbing a lone norm into the layer after it regroups the same products: heatmaps
+    and the heatmap loss's parameter gradients must not change (float64, training mode)."""
+    torch.manual_seed(0)
+    net = torchvision.models.densenet121(weights=None, num_classes=3).double().train()
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+
+    def heatmaps_and_gradients(graph):
+        net.zero_grad()
+        _, heatmaps = graph(x)
+        (heatmaps.abs().sum() + heatmaps.pow(2).sum()).backward()
+        return heatmaps.detach(), torch.cat([p.grad.flatten() for p in net.parameters()])
+
+    absorbing = LRPGraph(net, epsilon=0.01)
+    # every dense layer's norm1, the transitions' norms and norm5 (before the classifier's pooling)
+    assert len(_absorbed(absorbing)) == 58 + 3 + 1
+    monkeypatch.setattr(GraphClass, "_absorb_lone_norms", lambda self: None)
+    plain = LRPGraph(net, epsilon=0.01)
+    assert _absorbed(plain) == []
+    h1, g1 = heatmaps_and_gradients(absorbing)
+    h0, g0 = heatmaps_and_gradients(plain)
+    # Near-zero batch-norm denominators amplify rounding in single entries; compare against the largest.
+    assert (h1 - h0).abs().max() <= 1e-12 * h0.abs().max()
+    assert (g1 - g0).abs().max() <= 1e-12 * g0.abs().max()
+    assert g0.abs().max() > 0
+
+
+def test_a_lone_norm_with_two_consumers_keeps_its_own_rule():
+    class TwoConsumers(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.norm = nn.BatchNorm2d(4)
+            self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            a = F.relu(self.norm(F.relu(self.conv(x))))
+            y = F.relu(self.conv2(a)) + a  # the norm's activation also feeds the skip
+            return self.fc(y.mean((2, 3)))
+
+    class Chain(TwoConsumers):
+        def forward(self, x):
+            a = nn.functional.dropout(F.relu(self.norm(F.relu(self.conv(x)))), 0.0)
+            return self.fc(F.relu(self.conv2(a)).mean((2, 3)))
+
+    assert _absorbed(LRPGraph(TwoConsumers())) == []
+    assert _absorbed(LRPGraph(Chain())) == ["norm"]  # through ReLU and dropout to conv2
+
+
+def test_max_pool_relevance_keeps_the_channels_last_layout():
+    """Overlapping windows: an input that wins several windows gets their sum in either layout."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 9, 9, dtype=torch.float64)
+    rule = WinnerTakesAll(lambda t: F.max_pool2d(t, 3, stride=2, padding=1, return_indices=True))
+    R = torch.randn(2, 3, 5, 5, 5, dtype=torch.float64)
+    (expected,) = rule.relevance(R, rule.forward((x,), {})[1])
+    (got,) = rule.relevance(R, rule.forward((cl(x),), {})[1])
+    assert rule.forward((cl(x),), {})[1][1].is_contiguous(memory_format=torch.channels_last)
+    assert got.permute(0, 1, 3, 4, 2).is_contiguous()  # channels innermost
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(got.sum((2, 3, 4)), R.sum((2, 3, 4)))  # nothing lost

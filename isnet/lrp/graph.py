@@ -387,11 +387,10 @@ class LRPGraph:
         for key, step in list(self._steps.items()):
             if type(step.rule) is not Epsilon or step.rule.layer.layer is not None:
                 continue
-            consumer, node = only_consumer(key), key
+            consumer = only_consumer(key)
             # Gates and identities in between hand relevance on unchanged.
             while consumer is not None and type(consumer.rule) is PassThrough:
-                node = by_call[consumer.call_node]
-                consumer = only_consumer(node)
+                consumer = only_consumer(by_call[consumer.call_node])
             if consumer is None or not consumer.rule.scales_input or consumer.absorbed is not None:
                 continue
             consumer.absorbed = key

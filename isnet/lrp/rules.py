@@ -170,7 +170,10 @@ class Epsilon(Rule):
     def __init__(self, layer: AffineLayer, epsilon: float) -> None:
         self.layer = layer
         self.epsilon = float(epsilon)
-        self.scales_input = layer.layer is not None
+
+    @property
+    def scales_input(self) -> bool:  # type: ignore[override]
+        return self.layer.layer is not None  # a lone norm's relevance is its ratio times R
 
     def forward(self, args: tuple, kwargs: dict) -> tuple[Tensor, Saved]:
         x = args[0]
@@ -214,9 +217,10 @@ class ZBox(Epsilon):
             a linear first layer).
     """
 
+    scales_input = False  # its relevance also has the bound terms
+
     def __init__(self, layer: AffineLayer, epsilon: float, low: Tensor, high: Tensor) -> None:
         super().__init__(layer, epsilon)
-        self.scales_input = False  # its relevance also has the bound terms
         self.low = low
         self.high = high
 

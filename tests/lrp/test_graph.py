@@ -255,4 +255,3 @@ def test_reshape_across_the_batch_is_rejected():
 def test_negative_epsilon_is_rejected():
     with pytest.raises(ValueError, match="epsilon"):
         LRPGraph(small_cnn(), epsilon=-0.1)
-

@@ -179,6 +179,8 @@ class _Step:
     call_node: fx.Node  # whose args the rule's forward receives
     inputs: list[Any] = field(default_factory=list)  # fx nodes (or constants) aligned with rule.relevance
     absorbed: fx.Node | None = None  # a lone norm whose relevance this step computes too
+    scaled_by: fx.Node | None = None  # a max pool's: the layer whose denominator it applies
+    divided: bool = False  # a layer's: its relevance arrives divided by its denominator
 
 
 class _LeafTracer(fx.Tracer):
@@ -336,6 +338,7 @@ class LRPGraph:
         self._merge_concat_prefixes()
         self._apply_zb()
         self._absorb_lone_norms()
+        self._divide_at_max_pools()
 
     def _merge_concat_prefixes(self) -> None:
         """Let a concatenation whose first inputs are exactly those of an earlier
@@ -395,6 +398,29 @@ class LRPGraph:
                 continue
             consumer.absorbed = key
             consumer.inputs = list(step.inputs)
+
+    def _divide_at_max_pools(self) -> None:
+        """Let a max pool apply the denominator of the layer before it, at the pool's output size.
+
+        ``conv -> relu -> max pool``: the pool hands each window's relevance to the window's
+        maximum, and the layer divides the result by its batch-``B`` denominator ``z``.  With
+        a single consumer all along, dividing each window's relevance by ``z`` at its maximum
+        before handing it on gives the same values, with the ``B*K``-sized product (and its
+        backward) at the pooled size: a quarter of the elements for 2x2 windows.
+        """
+        for step in self._steps.values():
+            if not isinstance(step.rule, WinnerTakesAll) or len(step.inputs) != 1:
+                continue
+            node = step.inputs[0]
+            # Gates and identities in between hand relevance on unchanged.
+            while (isinstance(node, fx.Node) and len(node.users) == 1 and node in self._steps
+                   and type(self._steps[node].rule) is PassThrough):
+                node = self._steps[node].inputs[0]
+            producer = self._steps.get(node) if isinstance(node, fx.Node) else None
+            if producer is None or len(node.users) != 1 or not producer.rule.divides_output or producer.divided:
+                continue
+            step.scaled_by = node
+            producer.divided = True
 
     def _fuse_norm(self, node: fx.Node) -> _Step | None:
         """Fuse a batch norm into the conv/linear that feeds only it (Appendix D.2)."""
@@ -589,7 +615,14 @@ class LRPGraph:
             if step.absorbed is not None:
                 ratio = self._steps[step.absorbed].rule.diagonal_ratio(saved[step.absorbed])
                 own = (own[0] * ratio, *own[1:])
-            for source, r in zip(step.inputs, step.rule.relevance(R, own)):
+            if step.scaled_by is not None:
+                factor = self._steps[step.scaled_by].rule.reciprocal(saved[step.scaled_by])
+                relevances = step.rule.relevance(R, own, factor=factor)
+            elif step.divided:
+                relevances = step.rule.relevance(R, own, divided=True)
+            else:
+                relevances = step.rule.relevance(R, own)
+            for source, r in zip(step.inputs, relevances):
                 if r is None or not isinstance(source, fx.Node) or source not in self._carrying:
                     continue
                 pending[source] = r if source not in pending else pending[source] + r

@@ -103,9 +103,19 @@ class Rule:
     with ``x = saved[0]``, the input activation, and ``C`` independent of ``x``'s value,
     so that a diagonal rule before it can be absorbed by scaling ``x`` (see
     :class:`isnet.lrp.graph.LRPGraph`).
+
+    ``divides_output``: the rule's first step is ``s = R / (z + sign(z) eps)`` with a
+    batch-``B`` denominator of the output's shape; :meth:`reciprocal` gives that factor
+    and ``relevance(s, saved, divided=True)`` takes ``s`` instead of ``R``, so that a max
+    pool after the layer can apply the factor at its smaller output size.
     """
 
     scales_input = False
+    divides_output = False
+
+    def reciprocal(self, saved: Saved) -> Tensor:
+        """``1 / (z + sign(z) eps)``, batch-``B``, shaped like the output (``divides_output`` rules)."""
+        raise NotImplementedError(f"{type(self).__name__} does not divide its relevance by a denominator")
 
     def input_nodes(self, node: Node) -> list[Any]:
         return [node.args[0]]
@@ -175,6 +185,13 @@ class Epsilon(Rule):
     def scales_input(self) -> bool:  # type: ignore[override]
         return self.layer.layer is not None  # a lone norm's relevance is its ratio times R
 
+    @property
+    def divides_output(self) -> bool:  # type: ignore[override]
+        return self.layer.layer is not None
+
+    def reciprocal(self, saved: Saved) -> Tensor:
+        return stabilized_reciprocal(self._denominator(saved)[2], self.epsilon)
+
     def forward(self, args: tuple, kwargs: dict) -> tuple[Tensor, Saved]:
         x = args[0]
         z, y = self.layer.forward(x)
@@ -194,12 +211,16 @@ class Epsilon(Rule):
         x, weight, z = self._denominator(saved)
         return x * self.layer.channel_view(weight, x) * stabilized_reciprocal(z, self.epsilon)
 
-    def relevance(self, R: Tensor, saved: Saved) -> Sequence[Tensor | None]:
+    def relevance(self, R: Tensor, saved: Saved, *, divided: bool = False) -> Sequence[Tensor | None]:
         if self.layer.layer is None:
             # A lone batch norm is diagonal: R_in = [x w / (z + eps)] R, the bracket at batch size B.
             return (class_product(self.diagonal_ratio(saved), R),)
-        x, weight, z = self._denominator(saved)
-        s = stabilized_divide(R, z, self.epsilon)
+        if divided:
+            x, y, _ = saved
+            weight, s = self.layer.weight_and_bias(y)[0], R
+        else:
+            x, weight, z = self._denominator(saved)
+            s = stabilized_divide(R, z, self.epsilon)
         c = self.layer.transpose(_merge(s), weight, x.shape)
         return (class_product(x, c.unflatten(0, R.shape[:2])),)
 
@@ -231,7 +252,9 @@ class ZBox(Epsilon):
             b = b.view(-1, *([1] * (x.dim() - 2)))
         return b.expand(x.shape[1:]).unsqueeze(0)
 
-    def relevance(self, R: Tensor, saved: Saved) -> Sequence[Tensor | None]:
+    def _zb_denominator(self, saved: Saved) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """``(x, W+, W-, z, l, h)``: the input, the weight's parts, the zB denominator and the
+        bounds as batch-1 inputs."""
         x, y, z_out = saved
         weight, bias = self.layer.weight_and_bias(y)
         z = z_out if bias is None else z_out - self.layer.channel_view(bias, z_out)
@@ -241,7 +264,14 @@ class ZBox(Epsilon):
             z = z - self.layer.linear(low, w_pos)
         if bool((self.high != 0).any()):
             z = z - self.layer.linear(high, w_neg)
-        s = _merge(stabilized_divide(R, z, self.epsilon))
+        return x, w_pos, w_neg, z, low, high
+
+    def reciprocal(self, saved: Saved) -> Tensor:
+        return stabilized_reciprocal(self._zb_denominator(saved)[3], self.epsilon)
+
+    def relevance(self, R: Tensor, saved: Saved, *, divided: bool = False) -> Sequence[Tensor | None]:
+        x, w_pos, w_neg, z, low, high = self._zb_denominator(saved)
+        s = _merge(R if divided else stabilized_divide(R, z, self.epsilon))
         # W = W+ + W-, so x W^T s - l W+^T s - h W-^T s = (x - l) W+^T s + (x - h) W-^T s.
         c_pos, c_neg = self._transpose_pair(s, w_pos, w_neg, x.shape)
         split = R.shape[:2]
@@ -263,9 +293,13 @@ class _LinearPool(Rule):
     """Average pooling as a convolution with constant weights, LRP-epsilon (Alg. 7)."""
 
     scales_input = True
+    divides_output = True
 
     def __init__(self, epsilon: float) -> None:
         self.epsilon = float(epsilon)
+
+    def reciprocal(self, saved: Saved) -> Tensor:
+        return stabilized_reciprocal(saved[1], self.epsilon)
 
     def pool(self, x: Tensor, args: tuple, kwargs: dict) -> tuple[Tensor, Any]:
         raise NotImplementedError
@@ -278,9 +312,9 @@ class _LinearPool(Rule):
         z, params = self.pool(x, args, kwargs)
         return z, (x, z, params)
 
-    def relevance(self, R: Tensor, saved: Saved) -> Sequence[Tensor | None]:
+    def relevance(self, R: Tensor, saved: Saved, *, divided: bool = False) -> Sequence[Tensor | None]:
         x, z, params = saved
-        s = _merge(stabilized_divide(R, z, self.epsilon))
+        s = _merge(R if divided else stabilized_divide(R, z, self.epsilon))
         shape = (s.shape[0], *x.shape[1:])
         c = self.transpose(s, shape, params).unflatten(0, R.shape[:2])
         return (class_product(x, c),)
@@ -359,20 +393,27 @@ class WinnerTakesAll(Rule):
         out, indices = self.pool(*args, **kwargs)
         return out, (x.shape, indices)
 
-    def relevance(self, R: Tensor, saved: Saved) -> Sequence[Tensor | None]:
+    def relevance(self, R: Tensor, saved: Saved, *, factor: Tensor | None = None) -> Sequence[Tensor | None]:
+        """``factor``: an optional batch-``B`` tensor of the input's shape ``(B, C, H, W)`` that
+        multiplies the returned relevance; it is applied at the (smaller) output size, to
+        the relevance of each window before it goes to the window's maximum."""
         shape, indices = saved
         B, K, C = R.shape[:3]
         if _is_channels_last(indices):
             # Scatter with the channels innermost, so that the relevance stays channels-last: the
             # layer before multiplies it by its channels-last input, which is slow in mixed layouts.
             src = R.permute(0, 1, 3, 4, 2).reshape(B, K, -1, C)
-            index = indices.permute(0, 2, 3, 1).reshape(B, 1, -1, C).expand_as(src)
-            out = R.new_zeros(B, K, math.prod(shape[2:]), C).scatter_add_(2, index, src)
+            flat = indices.permute(0, 2, 3, 1).reshape(B, 1, -1, C)
+            if factor is not None:
+                src = factor.permute(0, 2, 3, 1).reshape(B, 1, -1, C).gather(2, flat) * src
+            out = src.new_zeros(B, K, math.prod(shape[2:]), C).scatter_add_(2, flat.expand_as(src), src)
             return (out.view(B, K, *shape[2:], C).permute(0, 1, 4, 2, 3),)
         src = R.flatten(3)
-        index = indices.flatten(2).unsqueeze(1).expand_as(src)
+        flat = indices.flatten(2).unsqueeze(1)
+        if factor is not None:
+            src = factor.flatten(2).unsqueeze(1).gather(3, flat) * src
         # A fresh buffer filled in place: no copy of it for an out-of-place scatter.
-        out = R.new_zeros(B, K, C, math.prod(shape[2:])).scatter_add_(3, index, src)
+        out = src.new_zeros(B, K, C, math.prod(shape[2:])).scatter_add_(3, flat.expand_as(src), src)
         return (out.view(B, K, *shape[1:]),)
 
 

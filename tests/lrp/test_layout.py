@@ -206,3 +206,65 @@ def test_max_pool_relevance_keeps_the_channels_last_layout():
     assert got.permute(0, 1, 3, 4, 2).is_contiguous()  # channels innermost
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
     torch.testing.assert_close(got.sum((2, 3, 4)), R.sum((2, 3, 4)))  # nothing lost
+
+
+# -- a max pool applies the denominator of the layer before it --------------------------------
+def _scaled(graph):
+    return [step.scaled_by for step in graph._steps.values() if step.scaled_by is not None]
+
+
+@pytest.mark.parametrize("name, pools, layout", [
+    ("vgg11_bn", 5, "contiguous"),  # conv + batch norm (fused) -> ReLU -> 2x2 max pool; zB before the first
+    ("resnet18", 1, "channels_last"),  # the stem's overlapping 3x3 / stride-2 max pool
+    ("small_cnn", 3, "channels_last"),  # the built-in benchmark's backbone, without batch norm
+])
+def test_max_pools_divide_by_the_layer_denominator_with_equal_heatmaps_and_gradients(monkeypatch, name, pools, layout):
+    """Dividing each window's relevance by the layer's denominator at the window's maximum is the
+    same arithmetic as dividing after the pool hands it on (float64, training mode)."""
+    from isnet.backbones import build_backbone
+
+    torch.manual_seed(0)
+    kwargs = {"batch_norm": False} if name == "small_cnn" else {}
+    net = build_backbone(name, 3, **kwargs).double().train()
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+    if layout == "channels_last":
+        net, x = net.to(memory_format=torch.channels_last), cl(x)
+
+    def heatmaps_and_gradients(graph):
+        net.zero_grad()
+        torch.manual_seed(1)  # the same dropout masks (VGG's classifier)
+        _, heatmaps = graph(x)
+        (heatmaps.abs().sum() + heatmaps.pow(2).sum()).backward()
+        return heatmaps.detach(), torch.cat([p.grad.flatten() for p in net.parameters()])
+
+    dividing = LRPGraph(net, epsilon=0.01)
+    assert len(_scaled(dividing)) == pools
+    assert all(dividing._steps[key].divided for key in _scaled(dividing))
+    monkeypatch.setattr(GraphClass, "_divide_at_max_pools", lambda self: None)
+    plain = LRPGraph(net, epsilon=0.01)
+    assert _scaled(plain) == [] and not any(step.divided for step in plain._steps.values())
+    h1, g1 = heatmaps_and_gradients(dividing)
+    h0, g0 = heatmaps_and_gradients(plain)
+    assert h0.abs().max() > 0 and g0.abs().max() > 0
+    assert (h1 - h0).abs().max() <= 1e-12 * h0.abs().max()
+    assert (g1 - g0).abs().max() <= 1e-12 * g0.abs().max()
+
+
+def test_a_layer_whose_output_has_another_consumer_divides_its_own_relevance():
+    class Skip(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.fc = nn.Linear(8, 2)
+
+        def forward(self, x):
+            a = F.relu(self.conv(x))
+            return self.fc(torch.cat([F.max_pool2d(a, 2).mean((2, 3)), a.mean((2, 3))], 1))
+
+    class Chain(Skip):
+        def forward(self, x):
+            a = F.max_pool2d(F.dropout(F.relu(self.conv(x)), 0.0), 2).mean((2, 3))
+            return self.fc(torch.cat([a, a], 1))
+
+    assert _scaled(LRPGraph(Skip())) == []
+    assert [node.target for node in _scaled(LRPGraph(Chain()))] == ["conv"]  # through ReLU and dropout

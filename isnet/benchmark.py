@@ -61,7 +61,8 @@ class Profile:
     # Small batches: on the CPU a step of this small CNN costs about the same per image at batch 8
     # as at 32, so batch 8 gives four times the updates per epoch for the same time.  With batch 32
     # the ISNet of seed 1 had not yet silenced the background after 80 epochs (biased-to-deceiving
-    # drop 0.127); with batch 8 it had (0.018, and 0.005 after a change of rounding).
+    # drop 0.127); with batch 8 it had (0.018).  Batch 4 costs 1.2 times as much per image and
+    # brought the quick run too close to its 10 minutes, without clearly smaller drops (README).
     batch_size: int = 8
     standard_epochs: int = 20
     isnet_epochs: int = 80

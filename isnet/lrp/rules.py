@@ -252,26 +252,33 @@ class ZBox(Epsilon):
             b = b.view(-1, *([1] * (x.dim() - 2)))
         return b.expand(x.shape[1:]).unsqueeze(0)
 
-    def _zb_denominator(self, saved: Saved) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """``(x, W+, W-, z, l, h)``: the input, the weight's parts, the zB denominator and the
-        bounds as batch-1 inputs."""
-        x, y, z_out = saved
+    def _parts(self, saved: Saved) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor, Tensor]:
+        """``(x, W+, W-, b, l, h)``: the input, the weight's parts, the bias and the bounds as
+        batch-1 inputs."""
+        x, y, _ = saved
         weight, bias = self.layer.weight_and_bias(y)
-        z = z_out if bias is None else z_out - self.layer.channel_view(bias, z_out)
         low, high = self._bound_image(self.low, x), self._bound_image(self.high, x)
-        w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
+        return x, weight.clamp(min=0), weight.clamp(max=0), bias, low, high
+
+    def _denominator_zb(self, saved: Saved, parts: tuple) -> Tensor:
+        """The zB denominator ``z = W x - W+ l - W- h``, batch ``B``, shaped like the output."""
+        _, w_pos, w_neg, bias, low, high = parts
+        z_out = saved[2]
+        z = z_out if bias is None else z_out - self.layer.channel_view(bias, z_out)
         if bool((self.low != 0).any()):
             z = z - self.layer.linear(low, w_pos)
         if bool((self.high != 0).any()):
             z = z - self.layer.linear(high, w_neg)
-        return x, w_pos, w_neg, z, low, high
+        return z
 
     def reciprocal(self, saved: Saved) -> Tensor:
-        return stabilized_reciprocal(self._zb_denominator(saved)[3], self.epsilon)
+        return stabilized_reciprocal(self._denominator_zb(saved, self._parts(saved)), self.epsilon)
 
     def relevance(self, R: Tensor, saved: Saved, *, divided: bool = False) -> Sequence[Tensor | None]:
-        x, w_pos, w_neg, z, low, high = self._zb_denominator(saved)
-        s = _merge(R if divided else stabilized_divide(R, z, self.epsilon))
+        parts = self._parts(saved)
+        x, w_pos, w_neg, _, low, high = parts
+        # Divided already (by a max pool after the layer): the denominator is not needed again.
+        s = _merge(R if divided else stabilized_divide(R, self._denominator_zb(saved, parts), self.epsilon))
         # W = W+ + W-, so x W^T s - l W+^T s - h W-^T s = (x - l) W+^T s + (x - h) W-^T s.
         c_pos, c_neg = self._transpose_pair(s, w_pos, w_neg, x.shape)
         split = R.shape[:2]

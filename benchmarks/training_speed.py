@@ -11,6 +11,9 @@ ratio.  The processes alternate (standard, ISNet, standard, ISNet, ...) for
 ``--rounds`` rounds, so that slow drifts of the machine hit both alike, and the
 median is taken over all timed steps of a model.
 
+Both processes first call :func:`isnet.allocator.keep_freed_memory`, as the ``isnet``
+command does (``--default-allocator`` leaves glibc's malloc as it is).
+
 ``--breakdown`` also profiles a few steps of each and prints the time spent in
 convolutions (forward, transposed and their backward passes) per step.  The
 ISNet's convolution time over the standard's *whole* step is the ratio that the
@@ -20,7 +23,7 @@ statistics, autograd bookkeeping) were free; the convolution FLOPs alone are
 again in the backward pass).  Usage::
 
     python benchmarks/training_speed.py [--arch densenet121] [--size 64] [--batch 4] [--classes 3 10]
-        [--memory-format channels_last|contiguous] [--device cpu|cuda] [--breakdown]
+        [--memory-format channels_last|contiguous] [--device cpu|cuda] [--breakdown] [--default-allocator]
 """
 
 from __future__ import annotations
@@ -65,8 +68,11 @@ def convolution_seconds(step, repeats: int = 3) -> float:
 
 def worker(args: argparse.Namespace) -> None:
     """Time one model in this process and print ``{"times": [...], "conv": s}`` as JSON."""
+    from isnet.allocator import keep_freed_memory
     from isnet.training import ISNetModule
 
+    if not args.default_allocator:
+        keep_freed_memory()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)  # both models start from the same weights
     fmt = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format
@@ -98,8 +104,9 @@ def run_worker(args: argparse.Namespace, model: str, k: int) -> dict:
     command = [sys.executable, __file__, "--worker", model, "--worker-classes", str(k)]
     for name in ("arch", "size", "batch", "repeats", "threads", "memory_format", "device"):
         command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
-    if args.breakdown:
-        command.append("--breakdown")
+    for flag in ("breakdown", "default_allocator"):
+        if getattr(args, flag):
+            command.append(f"--{flag.replace('_', '-')}")
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -116,6 +123,8 @@ def main() -> None:
     parser.add_argument("--memory-format", choices=["channels_last", "contiguous"], default="channels_last")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--breakdown", action="store_true", help="also profile the time spent in convolutions")
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="leave glibc's malloc settings as they are (see isnet.allocator)")
     parser.add_argument("--worker", choices=["standard", "isnet"], help=argparse.SUPPRESS)
     parser.add_argument("--worker-classes", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -123,7 +132,8 @@ def main() -> None:
         worker(args)
         return
     print(f"device={args.device} arch={args.arch} size={args.size} batch={args.batch} threads={args.threads} "
-          f"steps={args.repeats}x{args.rounds} processes memory_format={args.memory_format} torch={torch.__version__}")
+          f"steps={args.repeats}x{args.rounds} processes memory_format={args.memory_format} "
+          f"allocator={'default' if args.default_allocator else 'keep_freed_memory'} torch={torch.__version__}")
     header = f"{'K':>4}{'standard s':>12}{'isnet s':>10}{'ratio':>8}{'target 1+K':>12}"
     if args.breakdown:
         header += f"{'std conv s':>12}{'isnet conv s':>14}{'conv-only ratio':>17}"

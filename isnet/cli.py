@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from . import defaults
+from .allocator import keep_freed_memory
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -333,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # the command owns its process: reuse freed blocks across training steps
     try:
         return args.run(args)
     except (ValueError, TypeError) as error:

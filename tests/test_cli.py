@@ -55,3 +55,12 @@ def test_model_file_round_trip(model_file):
     assert model(torch.rand(1, 3, 16, 16)).shape == (1, 2)
     with pytest.raises(ValueError, match="unknown architecture"):
         build_backbone("alexnet", 2)
+
+
+def test_every_command_first_sets_up_the_allocator(tmp_path, model_file, monkeypatch):
+    calls = []
+    monkeypatch.setattr("isnet.cli.keep_freed_memory", lambda: calls.append(True) or True)
+    images = write_images(tmp_path / "images", n=1)
+    assert main(["explain", "--model", str(model_file), "--images", str(images), "--out", str(tmp_path / "o"),
+                 "--quiet"]) == 0
+    assert calls == [True]

@@ -23,6 +23,7 @@ import ctypes.util
 import os
 import platform
 import sys
+from typing import Mapping
 
 # mallopt parameters (glibc's malloc.h)
 M_TRIM_THRESHOLD = -1
@@ -35,21 +36,20 @@ OPT_OUT = "ISNET_KEEP_FREED_MEMORY"  # set to 0 to leave the allocator as it is
 _USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 
 
-def _reason_to_skip(environ: dict[str, str]) -> str | None:
+def _chosen_elsewhere(environ: Mapping[str, str]) -> bool:
+    """Whether the user turned the setting off, or chose the allocator's settings (or another
+    allocator) already, or the C library is not glibc."""
     if environ.get(OPT_OUT, "1").strip().lower() in ("0", "false", "no", "off"):
-        return f"{OPT_OUT} is off"
+        return True
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
-        return "not a glibc system"
-    chosen = [name for name in _USER_SETTINGS if name in environ]
-    if chosen:
-        return f"the environment sets {', '.join(chosen)}"
+        return True
     preload = environ.get("LD_PRELOAD", "")
-    if "jemalloc" in preload or "tcmalloc" in preload or "mimalloc" in preload:
-        return "another allocator is preloaded"
-    return None
+    return any(name in environ for name in _USER_SETTINGS) or any(
+        name in preload for name in ("jemalloc", "tcmalloc", "mimalloc")
+    )
 
 
-def keep_freed_memory(environ: dict[str, str] | None = None) -> bool:
+def keep_freed_memory(environ: Mapping[str, str] | None = None) -> bool:
     """Let glibc's malloc keep freed memory of up to 32 MiB per block for reuse.
 
     Sets ``M_MMAP_THRESHOLD`` (blocks below it come from the heap, not from fresh
@@ -64,7 +64,7 @@ def keep_freed_memory(environ: dict[str, str] | None = None) -> bool:
         ``ISNET_KEEP_FREED_MEMORY=0``, when the environment already sets glibc's
         ``MALLOC_*`` tunables, or when jemalloc / tcmalloc / mimalloc is preloaded.
     """
-    if _reason_to_skip(dict(os.environ if environ is None else environ)) is not None:
+    if _chosen_elsewhere(os.environ if environ is None else environ):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

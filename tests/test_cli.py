@@ -57,7 +57,7 @@ def test_model_file_round_trip(model_file):
         build_backbone("alexnet", 2)
 
 
-def test_every_command_first_sets_up_the_allocator(tmp_path, model_file, monkeypatch):
+def test_the_command_sets_up_the_allocator_before_it_runs(tmp_path, model_file, monkeypatch):
     calls = []
     monkeypatch.setattr("isnet.cli.keep_freed_memory", lambda: calls.append(True) or True)
     images = write_images(tmp_path / "images", n=1)

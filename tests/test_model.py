@@ -57,27 +57,40 @@ def test_moving_the_isnet_moves_the_heatmaps():
     assert net(x, heatmaps=True)[1].dtype == torch.float64
 
 
-def test_training_steps_move_relevance_out_of_the_background():
-    """Gradients through the heatmaps train the backbone: the background's share of |relevance| falls.
-    Without batch norm: its convolutions' biases get gradients that are rounding noise (the norm removes
-    them), which Adam scales up to full steps and which make the short run's path chaotic."""
-    net = ISNet(build_backbone("small_cnn", 2, width=8, batch_norm=False)).train()
-    x = torch.rand(4, 3, 32, 32)
-    mask = torch.zeros(4, 1, 1, 32, 32)
+def _background_share_problem(seed: int):
+    """A small ISNet in float64 (no batch norm), four random images with a centred square mask, and the
+    background's share of |relevance| as a differentiable function of the weights."""
+    torch.manual_seed(seed)
+    net = ISNet(build_backbone("small_cnn", 2, width=8, batch_norm=False)).double().train()
+    x = torch.rand(4, 3, 32, 32, dtype=torch.float64)
+    mask = torch.zeros(4, 1, 1, 32, 32, dtype=torch.float64)
     mask[..., 8:24, 8:24] = 1
-    optimiser = torch.optim.Adam(net.parameters(), lr=1e-2)
 
-    def background_share():
+    def background_share() -> torch.Tensor:
         h = net(x, heatmaps=True)[1].abs()
         return (h * (1 - mask)).sum() / h.sum()
 
-    start = background_share().item()
-    for _ in range(30):
-        loss = background_share()
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-    assert background_share().item() < 0.8 * start
+    return net, background_share
+
+
+def test_training_steps_move_relevance_out_of_the_background():
+    """Gradient descent on the heatmaps trains the backbone: the background's share of |relevance| falls.
+    Float64 and a learning rate far from chaotic, on several seeds, so that the assertion does not depend
+    on the order of floating-point sums (a property of the method, not of one trajectory)."""
+    ratios = []
+    for seed in range(5):
+        net, share = _background_share_problem(seed)
+        optimiser = torch.optim.SGD(net.parameters(), lr=0.03)
+        start = share().item()
+        for _ in range(30):
+            loss = share()
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        end = share().item()
+        assert end < start, f"seed {seed}: share {start:.3f} -> {end:.3f}"
+        ratios.append(end / start)
+    assert sum(ratios) / len(ratios) < 0.85, ratios
 
 
 def test_explain_accepts_an_isnet():

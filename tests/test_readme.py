@@ -1,0 +1,82 @@
+"""The README's Python code runs, and every ``isnet.NAME`` it mentions exists.
+
+Each fenced ``python`` block is executed in a fresh folder that holds a small dataset ``my_dataset``
+(manifest format).  Sizes that would take minutes on a CPU are shrunk by the listed replacements; a
+replacement that no longer matches its block fails the test, so README edits keep this list honest.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.data.test_datamodule import make_folder
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+TEXT = README.read_text()
+BLOCKS = re.findall(r"^```python\n(.*?)^```", TEXT, flags=re.S | re.M)
+
+#: (a snippet identifying the block, [(README text, what runs instead)]).
+SHRINK = [
+    ("ISNetModule(\"densenet121\"", [
+        ("size=224", "size=16"),
+        ("ISNetModule(\"densenet121\"", "ISNetModule(\"small_cnn\""),
+        ("max_epochs=48", "max_epochs=1, progress=False"),
+    ]),
+    ("torchvision.models.densenet121(num_classes=3)", [
+        ("torch.rand(4, 3, 224, 224)", "torch.rand(4, 3, 32, 32)"),
+    ]),
+]
+
+DATASET = [(f"{split}{i}", True, label, split) for split in ("train", "val", "test") for i, label in
+           enumerate(["cat", "dog", "cat", "dog"])]
+
+
+def _shrunk(block: str) -> str:
+    for key, replacements in SHRINK:
+        if key in block:
+            for old, new in replacements:
+                assert old in block, f"README block with {key!r} no longer contains {old!r}: update SHRINK"
+                block = block.replace(old, new)
+    return block
+
+
+def test_the_readme_has_python_blocks():
+    assert len(BLOCKS) >= 2
+    for key, _ in SHRINK:
+        assert any(key in block for block in BLOCKS), f"no README block contains {key!r}: update SHRINK"
+
+
+@pytest.mark.parametrize("index", range(len(BLOCKS)))
+def test_readme_python_block_runs(index, tmp_path, monkeypatch):
+    make_folder(tmp_path / "my_dataset", DATASET, size=(20, 20))
+    monkeypatch.chdir(tmp_path)
+    code = _shrunk(BLOCKS[index])
+    exec(compile(code, f"README.md python block {index}", "exec"), {"__name__": "readme"})
+
+
+def _resolve(dotted: str) -> object:
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ModuleNotFoundError:
+            continue
+        for name in parts[cut:]:
+            obj = getattr(obj, name)
+        return obj
+    raise ModuleNotFoundError(dotted)
+
+
+NAMES = sorted(set(re.findall(r"\bisnet(?:\.[A-Za-z_]\w*)+", TEXT)))
+
+
+@pytest.mark.parametrize("dotted", NAMES)
+def test_every_name_the_readme_mentions_exists(dotted):
+    try:
+        _resolve(dotted)
+    except (AttributeError, ModuleNotFoundError) as error:
+        pytest.fail(f"README names {dotted}, which does not resolve: {error}")

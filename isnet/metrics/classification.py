@@ -11,22 +11,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from .labels import check_labels
+
 RATES = ("precision", "recall", "f1", "specificity")
-
-
-def _labels(y: np.ndarray, name: str, num_classes: int) -> np.ndarray:
-    y = np.asarray(y)
-    if y.ndim != 1:
-        raise ValueError(f"{name} must have shape (N,), got {y.shape}")
-    if y.size and (not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= num_classes):
-        raise ValueError(f"{name} must hold class indices in [0, {num_classes}), got values in "
-                         f"[{y.min()}, {y.max()}] of type {y.dtype}")
-    return y
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
     """Counts ``C[i, j]`` of samples of true class ``i`` predicted as ``j``; shape ``(K, K)``."""
-    y_true, y_pred = _labels(y_true, "y_true", num_classes), _labels(y_pred, "y_pred", num_classes)
+    y_true, y_pred = check_labels(y_true, num_classes, "y_true"), check_labels(y_pred, num_classes, "y_pred")
     if y_true.shape != y_pred.shape:
         raise ValueError(f"y_true {y_true.shape} and y_pred {y_pred.shape} differ in length")
     return np.bincount(y_true * num_classes + y_pred, minlength=num_classes**2).reshape(num_classes, num_classes)
@@ -85,7 +77,7 @@ def single_label_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: in
     r = rates_from_confusion(cm)
     return {
         "n": int(cm.sum()),
-        "accuracy": float(r["accuracy"]),
+        "accuracy": float(r["accuracy"]) if cm.sum() else None,
         "macro_f1": float(r["macro_f1"]),
         "macro": {k: float(r[f"macro_{k}"]) for k in RATES},
         "per_class": {k: r[k].tolist() for k in RATES},
@@ -94,12 +86,7 @@ def single_label_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: in
 
 
 def _binary(y: np.ndarray, name: str) -> np.ndarray:
-    y = np.asarray(y)
-    if y.ndim != 2:
-        raise ValueError(f"{name} must have shape (N, K), got {y.shape}")
-    if not np.isin(y, (0, 1)).all():
-        raise ValueError(f"{name} must hold only 0 and 1")
-    return y.astype(bool)
+    return check_labels(y, 2, name, ndim=2).astype(bool)
 
 
 def multilabel_counts(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -115,10 +102,10 @@ def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
     exact-match accuracy (all labels right) for ``(N, K)`` 0/1 targets and decisions."""
     tp, fp, fn, tn = multilabel_counts(y_true, y_pred)
     r = rates_from_counts(tp, fp, fn, tn)
-    exact = (np.asarray(y_true).astype(bool) == np.asarray(y_pred).astype(bool)).all(axis=1)
+    exact = (_binary(y_true, "y_true") == _binary(y_pred, "y_pred")).all(axis=1)
     return {
         "n": int(len(exact)),
-        "accuracy": float(exact.mean()) if len(exact) else 0.0,
+        "accuracy": float(exact.mean()) if len(exact) else None,
         "macro_f1": float(r["f1"].mean()),
         "macro": {k: float(r[k].mean()) for k in RATES},
         "per_class": {k: r[k].tolist() for k in RATES},

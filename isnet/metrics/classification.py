@@ -4,7 +4,8 @@ Shapes: ``y_true`` and ``y_pred`` are ``(N,)`` class indices for single-label ta
 ``(N, K)`` 0/1 arrays for multi-label tasks; ``scores`` are ``(N, K)``.  A confusion
 matrix has the true class in rows and the predicted class in columns.  A ratio whose
 denominator is zero (e.g. the precision of a class never predicted) is 0, as in
-scikit-learn's ``zero_division=0``.
+scikit-learn's ``zero_division=0``; the accuracy of no samples at all, a mean over
+nothing, is ``None``.  Labels are checked by :func:`~isnet.metrics.labels.check_labels`.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def single_label_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: in
 
     Returns:
         JSON-ready dict: ``confusion_matrix`` (K x K list), ``per_class`` (rate -> K floats),
-        ``macro`` (rate -> float), ``accuracy``, ``macro_f1`` and ``n``.
+        ``macro`` (rate -> float), ``accuracy`` (``None`` when ``n = 0``), ``macro_f1`` and ``n``.
     """
     cm = confusion_matrix(y_true, y_pred, num_classes)
     r = rates_from_confusion(cm)
@@ -99,7 +100,7 @@ def multilabel_counts(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarra
 
 def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
     """Per-label and macro precision / recall / F1 / specificity, per-label counts, and
-    exact-match accuracy (all labels right) for ``(N, K)`` 0/1 targets and decisions."""
+    exact-match accuracy (all labels right; ``None`` when N = 0) for ``(N, K)`` 0/1 targets and decisions."""
     tp, fp, fn, tn = multilabel_counts(y_true, y_pred)
     r = rates_from_counts(tp, fp, fn, tn)
     exact = (_binary(y_true, "y_true") == _binary(y_pred, "y_pred")).all(axis=1)

@@ -19,7 +19,6 @@ with :mod:`isnet.evaluation` and all of them are written into one report.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -30,6 +29,7 @@ import lightning as L
 from .data import MaskedImageDataModule
 from .data.builtin import generate_digits_on_textures
 from .evaluation import evaluate, example_heatmaps, lrp_explainer, pick_examples
+from .jsonio import write_json
 from .render import model_heatmap_grid, training_curves
 from .report import Report, evaluation_report
 from .systems.base import SystemModule
@@ -250,8 +250,8 @@ def run_benchmark(out: str | Path, *, profile: str | Profile = "quick", seed: in
         digits = saved["benchmarks"]["digits"]
         saved.update(models=digits["models"], drops=digits["drops"], C1=digits["C1"], C2=digits["C2"])
     report.paragraph(f"Total time {saved['total_seconds']:.0f} s.")
-    (out / "report.json").write_text(json.dumps(saved, indent=2))
-    (out / "metrics.json").write_text(json.dumps({d: r["models"] for d, r in saved["benchmarks"].items()}, indent=2))
+    write_json(out / "report.json", saved)
+    write_json(out / "metrics.json", {d: r["models"] for d, r in saved["benchmarks"].items()})
     report.write(out)
     return saved
 

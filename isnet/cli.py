@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -13,6 +12,7 @@ import torch
 
 from . import defaults
 from .allocator import keep_freed_memory
+from .jsonio import dumps, write_json
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -63,7 +63,7 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     summary = run_demo(args.out, epochs=args.epochs, seed=args.seed, progress=not args.quiet)
-    print(json.dumps(summary, indent=2))
+    print(dumps(summary))
     print(f"wrote {Path(args.out) / 'heatmaps.png'}")
     return 0
 
@@ -178,7 +178,7 @@ def _test(args: argparse.Namespace) -> int:
     saved = {"checkpoints": {n: str(p) for n, p in checkpoints.items()}, "models": results}
     if thresholds:
         saved["thresholds"] = {n: t.tolist() for n, t in thresholds.items()}
-    (out / "metrics.json").write_text(json.dumps(saved, indent=2))
+    write_json(out / "metrics.json", saved)
 
     figures = []
     if not args.no_heatmaps:

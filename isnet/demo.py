@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .backbones import build_backbone, save_model
+from .jsonio import write_json
 from .lrp import LRPGraph
 from .render import heatmap_grid, overlay_rgb, save_png
 
@@ -89,7 +89,7 @@ def run_demo(out: str | Path, *, epochs: int = 3, seed: int = 0, examples: int =
         "positive_relevance_on_strokes": on_strokes.tolist(),
         "stroke_pixel_share": strokes.flatten(1).float().mean(1).tolist(),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "summary.json", summary)
     return summary
 
 

@@ -114,7 +114,7 @@ def _mean_per_image(values: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray
 def validation_thresholds(model: nn.Module, dataset: Dataset, *, batch_size: int = 64) -> np.ndarray:
     """Multi-label decision thresholds that maximise macro-F1 on ``dataset`` (Appendix F.2); ``(K,)``."""
     out = collect_outputs(model, dataset, multilabel=True, batch_size=batch_size)
-    return best_thresholds(out.labels.astype(int), 1 / (1 + np.exp(-out.scores)))
+    return best_thresholds(out.labels, 1 / (1 + np.exp(-out.scores)))
 
 
 def evaluate(model: nn.Module, test_sets: Mapping[str, Dataset], *, class_names: Sequence[str],
@@ -139,8 +139,7 @@ def evaluate(model: nn.Module, test_sets: Mapping[str, Dataset], *, class_names:
     results = {}
     for name, dataset in tqdm(list(test_sets.items()), desc="testing", disable=not progress, leave=False):
         out = collect_outputs(model, dataset, multilabel=multilabel, batch_size=batch_size, explainer=explainer)
-        labels = out.labels.astype(int)
-        metrics = evaluate_scores(labels, out.scores, class_names=class_names, multilabel=multilabel,
+        metrics = evaluate_scores(out.labels, out.scores, class_names=class_names, multilabel=multilabel,
                                   thresholds=thresholds, **stats)
         if out.attention is not None:
             metrics["attention"] = attention_summary(out.attention)

@@ -134,7 +134,8 @@ def interval_cell(value: float | None, ci: Sequence[float] | None) -> str:
 def _auc_cell(a: Mapping) -> str:
     if a.get("auc") is None:
         return "–"
-    return f"{a['auc']:.3f} ± {a['std']:.3f} [{a['ci'][0]:.3f}, {a['ci'][1]:.3f}]"
+    std = "" if a.get("std") is None else f" ± {a['std']:.3f}"  # None: one positive or negative case
+    return f"{a['auc']:.3f}{std} [{a['ci'][0]:.3f}, {a['ci'][1]:.3f}]"
 
 
 def _macro_f1_cell(m: Mapping) -> str:

@@ -8,7 +8,6 @@ the same data, optimiser and logging.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,6 +17,7 @@ from torch import Tensor, nn
 
 from . import defaults
 from .backbones import build_backbone, save_model
+from .jsonio import write_json
 from .loss import ISNetLoss
 from .model import ISNet
 from .systems.base import SystemModule, check_optimisation
@@ -146,9 +146,9 @@ class ISNetModule(SystemModule):
         files["torchscript"] = folder / "backbone.torchscript.pt"
         scripted.save(str(files["torchscript"]))
         files["preprocessing"] = folder / "preprocessing.json"
-        files["preprocessing"].write_text(json.dumps(
+        write_json(files["preprocessing"], (
             {"preprocessing": preprocessing or {}, "class_names": list(hp.class_names or []),
-             "multilabel": hp.multilabel, "input": "float32 (B, C, H, W), values in [0, 1]"}, indent=2))
+             "multilabel": hp.multilabel, "input": "float32 (B, C, H, W), values in [0, 1]"}))
         model.train(was_training)
         return files
 

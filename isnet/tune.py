@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import itertools
-import json
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -26,6 +25,7 @@ import lightning as L
 
 from .data import MaskedImageDataModule
 from .evaluation import collect_outputs
+from .jsonio import write_json
 from .metrics import evaluate_scores
 from .systems.registry import build_system
 from .training import train
@@ -50,7 +50,7 @@ def tune_score(f1_standard: float, f1_biased: float) -> float:
 
 def _macro_f1(module: Any, dataset: Any, classes: Sequence[str], multilabel: bool) -> float:
     out = collect_outputs(module.deployed, dataset, multilabel=multilabel)
-    return evaluate_scores(out.labels.astype(int), out.scores, class_names=classes, multilabel=multilabel,
+    return evaluate_scores(out.labels, out.scores, class_names=classes, multilabel=multilabel,
                            draws=10)["macro_f1"]
 
 
@@ -143,6 +143,5 @@ def _write(out: Path, method: str, names: list[str], rows: list[dict[str, Any]])
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Best: " + ", ".join(f"{n} = {best[n]:g}" for n in names) + f" (score {best['score']:.3f})", ""]
     (out / "grid.md").write_text("\n".join(lines))
-    (out / "best.json").write_text(json.dumps({"method": method, "best": {n: best[n] for n in names},
-                                               "score": best["score"]}, indent=2))
+    write_json(out / "best.json", {"method": method, "best": {n: best[n] for n in names}, "score": best["score"]})
 

@@ -64,3 +64,38 @@ def test_the_command_sets_up_the_allocator_before_it_runs(tmp_path, model_file, 
     assert main(["explain", "--model", str(model_file), "--images", str(images), "--out", str(tmp_path / "o"),
                  "--quiet"]) == 0
     assert calls == [True]
+
+
+def test_test_command_writes_strict_json_with_null_for_an_undefined_variance(tmp_path):
+    import json
+
+    import yaml
+
+    from tests.data.test_datamodule import make_folder
+
+    labels = ["smile|cheeks", "cheeks", "smile", "smile|cheeks"]
+    rows = [(f"t{i}", True, labels[i % 4], "train") for i in range(8)]
+    rows += [(f"v{i}", True, labels[i % 4], "val") for i in range(4)]
+    # test: one "smile" case (its AUC has no DeLong variance) and a batch of 4 without any positive label
+    test_labels = ["smile|cheeks", "cheeks", "cheeks", "cheeks", "", "", "", ""]
+    rows += [(f"x{i}", True, label, "test") for i, label in enumerate(test_labels)]
+    root = make_folder(tmp_path / "ml", rows)
+    cfg = {"out": str(tmp_path / "run"),
+           "model": {"backbone": "small_cnn", "arch_kwargs": {"width": 4}, "P": 0.5, "d": 0.9, "multilabel": True},
+           "data": {"root": str(root), "size": 16, "multilabel": True, "augment": False, "batch_size": 4},
+           "trainer": {"max_epochs": 1}}
+    config = tmp_path / "ml.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    assert main(["fit", "--config", str(config), "--quiet"]) == 0
+    checkpoint = next((tmp_path / "run" / "checkpoints").glob("*.ckpt"))
+    assert main(["test", "--config", str(config), "--checkpoint", f"m={checkpoint}", "--quiet",
+                 "--out", str(tmp_path / "report")]) == 0
+
+    def refuse(word):
+        raise ValueError(f"metrics.json is not strict JSON: it holds {word}")
+
+    saved = json.loads((tmp_path / "report" / "metrics.json").read_text(), parse_constant=refuse)
+    m = saved["models"]["m"]["test"]
+    smile = m["auc"]["per_class"][m["classes"].index("smile")]
+    assert m["n"] == 8 and smile["auc"] is not None and smile["std"] is None and smile["ci"] == [0.0, 1.0]
+    assert m["attention"]["background_share"]["n"] == 4 and m["attention"]["background_share"]["skipped"] == 4

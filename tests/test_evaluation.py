@@ -89,3 +89,21 @@ def test_examples_for_figures():
     images, maps, classes = example_heatmaps({"a": lrp_explainer(model, zb=False),
                                               "b": lrp_explainer(model, zb=False)}, data, picks)
     assert images.shape == (3, 1, 8, 8) and maps.shape == (2, 3, 1, 8, 8) and classes == [0, 1, 2]
+
+
+def test_a_multilabel_batch_without_positive_labels_has_no_maps_and_no_crash():
+    images = torch.rand(6, 1, 8, 8)
+    masks = torch.ones(6, 1, 8, 8)
+    labels = torch.tensor([[1.0, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1], [0, 0, 0], [0, 0, 0]])
+    model = _left_half_model(3)
+    out = collect_outputs(model, Items(images, masks, labels), multilabel=True, batch_size=4,
+                          explainer=lrp_explainer(model, zb=False))  # second batch: no positive label at all
+    share = out.attention["background_share"]
+    assert share.shape == (6,) and np.isnan(share[4:]).all()
+    np.testing.assert_allclose(share[:4], 0.0, atol=1e-6)  # full masks: no background
+
+
+def test_fractional_labels_are_an_error_not_truncated():
+    data = Items(torch.rand(4, 1, 8, 8), torch.ones(4, 1, 8, 8), torch.tensor([0.0, 1.0, 1.5, 0.0]))
+    with pytest.raises(ValueError, match="got 1.5 at position 2"):
+        evaluate(_left_half_model(), {"t": data}, class_names=["a", "b"], draws=10)

@@ -59,3 +59,15 @@ def test_report_blocks_and_escaping(tmp_path):
     assert "&lt;title&gt;" in r.html(tmp_path)
     with pytest.raises(ValueError, match="has 1 cells for 2 columns"):
         r.table(["a", "b"], [["1"]])
+
+
+def test_an_auc_without_a_variance_is_shown_without_a_std():
+    results = _results(k=2)
+    y = np.array([0, 0, 0, 1, 0, 0])  # one positive case of class 1: DeLong's variance is undefined
+    m = evaluate_scores(y, np.stack([np.zeros(6), np.array([-1.0, 0.5, -0.2, 0.3, -2.0, 0.1])], 1),
+                        class_names=["c0", "c1"], draws=200)
+    results["isnet"]["biased"] = m
+    md = evaluation_report(results, title="One positive").markdown()
+    auc = m["auc"]["per_class"][1]
+    assert auc["std"] is None and "| isnet | c1 | " in md
+    assert f"{auc['auc']:.3f} [0.000, 1.000] |" in md and "nan" not in md

@@ -22,6 +22,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from ..jsonio import write_json
+
 _BACKGROUNDS = ("brick", "grass", "gravel", "moon", "cell", "coffee", "chelsea", "astronaut", "rocket",
                 "immunohistochemistry")  # fmt: skip
 
@@ -120,5 +122,5 @@ def generate_digits_on_textures(
         writer = csv.writer(handle)
         writer.writerow(["image", "mask", "label", "split"])
         writer.writerows(rows)
-    stamp.write_text(json.dumps(settings))
+    write_json(stamp, settings, indent=None)
     return root

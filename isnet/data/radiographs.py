@@ -42,6 +42,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
+from ..jsonio import write_json
+
 CLASSES = ("normal", "opacity", "ground_glass")
 TRAINING_SOURCES = ("A", "B", "C")
 EXTERNAL_SOURCES = ("D", "E")
@@ -413,5 +415,5 @@ def generate_radiographs(
         writer = csv.writer(handle)
         writer.writerow(["image", "mask", "label", "split", "lesion", "source"])
         writer.writerows(rows)
-    stamp.write_text(json.dumps(settings))
+    write_json(stamp, settings, indent=None)
     return root

@@ -5,12 +5,15 @@ class per image; ``masks`` are ``(N, 1, H, W)`` or ``(N, H, W)`` with nonzero =
 foreground, of the same height and width.  Every function returns one value per image,
 ``(N,)``; an image whose mask is empty, or whose heatmap has none of the relevance the
 metric needs, gets NaN (it carries no information) and :func:`attention_summary`
-leaves it out and counts it.
+leaves it out and counts it.  An empty batch (N = 0, e.g. the maps of a multi-label
+batch without positive labels) gives empty ``(0,)`` results, and its summary has
+``n = 0`` and ``None`` for the undefined mean and standard deviation.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 METRICS = ("background_share", "mass_accuracy", "rank_accuracy")
 
@@ -31,7 +34,8 @@ def _prepare(heatmaps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.nd
         raise ValueError(f"heatmaps {h.shape} and masks {m.shape} differ in batch or spatial size")
     if not np.isfinite(h).all():
         raise ValueError("heatmaps contain NaN or infinite values")
-    return h.reshape(h.shape[0], h.shape[1], -1), m.reshape(m.shape[0], -1) != 0
+    pixels = h.shape[2] * h.shape[3]  # explicit: -1 cannot be inferred when N = 0
+    return h.reshape(h.shape[0], h.shape[1], pixels), m.reshape(m.shape[0], pixels) != 0
 
 
 def _share(part: np.ndarray, total: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -60,21 +64,38 @@ def relevance_mass_accuracy(heatmaps: np.ndarray, masks: np.ndarray) -> np.ndarr
 
 
 def relevance_rank_accuracy(heatmaps: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """Share of the ``|mask|`` most relevant pixels (channel-summed relevance) that lie in the mask."""
+    """Share of the ``k = |mask|`` most relevant pixels (channel-summed relevance) that lie in the mask.
+
+    Ties are broken at random and the expected share is returned, so the value does not
+    depend on the order of the pixels (sparse LRP maps have many exact zeros).  With
+    ``v`` the k-th largest relevance, the pixels above ``v`` are all among the top k,
+    and the ``k - #above`` places left go to a uniformly random subset of the pixels
+    equal to ``v``, of which a share ``in-mask tied / tied`` lies in the mask:
+
+        ``(in-mask above + in-mask tied / tied * (k - #above)) / k``.
+
+    NaN for an empty mask or an all-zero map.
+    """
     h, m = _prepare(heatmaps, masks)
-    r = h.sum(axis=1)
-    out = np.full(len(r), np.nan)
-    for i in range(len(r)):
-        k = int(m[i].sum())
-        if k == 0 or not np.any(r[i]):
-            continue
-        top = np.argpartition(-r[i], k - 1)[:k]
-        out[i] = m[i, top].mean()
-    return out
+    r = torch.from_numpy(np.ascontiguousarray(h.sum(axis=1)))  # (N, P) float64; views may have negative strides
+    inside = torch.from_numpy(np.ascontiguousarray(m))
+    k = inside.sum(dim=1)  # (N,)
+    if r.shape[0] == 0 or r.shape[1] == 0:
+        return np.full(r.shape[0], np.nan)
+    ordered = torch.sort(r, dim=1, descending=True).values
+    kth = ordered.gather(1, (k - 1).clamp(min=0)[:, None])  # (N, 1): the k-th largest value
+    above, tied = r > kth, r == kth
+    n_above = above.sum(dim=1)
+    in_above = (above & inside).sum(dim=1)
+    in_tied = (tied & inside).sum(dim=1)
+    n_tied = tied.sum(dim=1)  # >= 1: kth is one of the values
+    expected = in_above + in_tied.double() / n_tied * (k - n_above)
+    valid = (k > 0) & (r != 0).any(dim=1)
+    return torch.where(valid, expected / k.clamp(min=1), torch.full_like(expected, float("nan"))).numpy()
 
 
 def attention_metrics(heatmaps: np.ndarray, masks: np.ndarray) -> dict[str, np.ndarray]:
-    """All three per-image metrics: ``{name: (N,)}`` for the names in :data:`METRICS`."""
+    """All three per-image metrics: ``{name: (N,)}`` for the names in :data:`METRICS` (``(0,)`` when N = 0)."""
     return {
         "background_share": background_share(heatmaps, masks),
         "mass_accuracy": relevance_mass_accuracy(heatmaps, masks),
@@ -83,7 +104,11 @@ def attention_metrics(heatmaps: np.ndarray, masks: np.ndarray) -> dict[str, np.n
 
 
 def attention_summary(values: dict[str, np.ndarray]) -> dict:
-    """``{name: {"mean", "std", "n", "skipped"}}`` over the images that have a value."""
+    """``{name: {"mean", "std", "n", "skipped"}}`` over the images that have a value.
+
+    ``mean`` is ``None`` when no image has a value (also for no images at all) and ``std``
+    when fewer than two have one.
+    """
     out = {}
     for name, v in values.items():
         v = np.asarray(v, dtype=np.float64)

@@ -4,29 +4,22 @@ Shapes: ``y_true`` and ``y_pred`` are ``(N,)`` class indices for single-label ta
 ``(N, K)`` 0/1 arrays for multi-label tasks; ``scores`` are ``(N, K)``.  A confusion
 matrix has the true class in rows and the predicted class in columns.  A ratio whose
 denominator is zero (e.g. the precision of a class never predicted) is 0, as in
-scikit-learn's ``zero_division=0``.
+scikit-learn's ``zero_division=0``; the accuracy of no samples at all, a mean over
+nothing, is ``None``.  Labels are checked by :func:`~isnet.metrics.labels.check_labels`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .labels import check_labels
+
 RATES = ("precision", "recall", "f1", "specificity")
-
-
-def _labels(y: np.ndarray, name: str, num_classes: int) -> np.ndarray:
-    y = np.asarray(y)
-    if y.ndim != 1:
-        raise ValueError(f"{name} must have shape (N,), got {y.shape}")
-    if y.size and (not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= num_classes):
-        raise ValueError(f"{name} must hold class indices in [0, {num_classes}), got values in "
-                         f"[{y.min()}, {y.max()}] of type {y.dtype}")
-    return y
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
     """Counts ``C[i, j]`` of samples of true class ``i`` predicted as ``j``; shape ``(K, K)``."""
-    y_true, y_pred = _labels(y_true, "y_true", num_classes), _labels(y_pred, "y_pred", num_classes)
+    y_true, y_pred = check_labels(y_true, num_classes, "y_true"), check_labels(y_pred, num_classes, "y_pred")
     if y_true.shape != y_pred.shape:
         raise ValueError(f"y_true {y_true.shape} and y_pred {y_pred.shape} differ in length")
     return np.bincount(y_true * num_classes + y_pred, minlength=num_classes**2).reshape(num_classes, num_classes)
@@ -79,13 +72,13 @@ def single_label_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: in
 
     Returns:
         JSON-ready dict: ``confusion_matrix`` (K x K list), ``per_class`` (rate -> K floats),
-        ``macro`` (rate -> float), ``accuracy``, ``macro_f1`` and ``n``.
+        ``macro`` (rate -> float), ``accuracy`` (``None`` when ``n = 0``), ``macro_f1`` and ``n``.
     """
     cm = confusion_matrix(y_true, y_pred, num_classes)
     r = rates_from_confusion(cm)
     return {
         "n": int(cm.sum()),
-        "accuracy": float(r["accuracy"]),
+        "accuracy": float(r["accuracy"]) if cm.sum() else None,
         "macro_f1": float(r["macro_f1"]),
         "macro": {k: float(r[f"macro_{k}"]) for k in RATES},
         "per_class": {k: r[k].tolist() for k in RATES},
@@ -94,12 +87,7 @@ def single_label_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: in
 
 
 def _binary(y: np.ndarray, name: str) -> np.ndarray:
-    y = np.asarray(y)
-    if y.ndim != 2:
-        raise ValueError(f"{name} must have shape (N, K), got {y.shape}")
-    if not np.isin(y, (0, 1)).all():
-        raise ValueError(f"{name} must hold only 0 and 1")
-    return y.astype(bool)
+    return check_labels(y, 2, name, ndim=2).astype(bool)
 
 
 def multilabel_counts(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -112,13 +100,13 @@ def multilabel_counts(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarra
 
 def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
     """Per-label and macro precision / recall / F1 / specificity, per-label counts, and
-    exact-match accuracy (all labels right) for ``(N, K)`` 0/1 targets and decisions."""
+    exact-match accuracy (all labels right; ``None`` when N = 0) for ``(N, K)`` 0/1 targets and decisions."""
     tp, fp, fn, tn = multilabel_counts(y_true, y_pred)
     r = rates_from_counts(tp, fp, fn, tn)
-    exact = (np.asarray(y_true).astype(bool) == np.asarray(y_pred).astype(bool)).all(axis=1)
+    exact = (_binary(y_true, "y_true") == _binary(y_pred, "y_pred")).all(axis=1)
     return {
         "n": int(len(exact)),
-        "accuracy": float(exact.mean()) if len(exact) else 0.0,
+        "accuracy": float(exact.mean()) if len(exact) else None,
         "macro_f1": float(r["f1"].mean()),
         "macro": {k: float(r[k].mean()) for k in RATES},
         "per_class": {k: r[k].tolist() for k in RATES},

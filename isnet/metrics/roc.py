@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import norm, rankdata
 
+from .labels import check_labels
+
 
 def delong_auc(y_true: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
     """AUC and its variance by DeLong's method, in the fast O(N log N) midrank form.
@@ -31,12 +33,10 @@ def delong_auc(y_true: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
         ``(auc, variance)``.  The variance needs at least two positives and two negatives
         (otherwise it is NaN).
     """
-    y = np.asarray(y_true)
+    y = check_labels(y_true, 2, "y_true")
     s = np.asarray(scores, dtype=np.float64)
-    if y.ndim != 1 or s.shape != y.shape:
+    if s.shape != y.shape:
         raise ValueError(f"y_true and scores must both have shape (N,), got {y.shape} and {s.shape}")
-    if not np.isin(y, (0, 1)).all():
-        raise ValueError("y_true must hold only 0 and 1")
     if not np.isfinite(s).all():
         raise ValueError("scores contain NaN or infinite values")
     pos, neg = s[y == 1], s[y == 0]
@@ -54,18 +54,22 @@ def delong_auc(y_true: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
 def auc_interval(y_true: np.ndarray, scores: np.ndarray, confidence: float = 0.95) -> dict:
     """``{"auc", "std", "ci": [low, high]}``: AUC with DeLong's normal interval, clipped to [0, 1].
 
-    Returns ``None`` values (and a ``"note"``) when the AUC is undefined because one
-    of the two groups is empty.
+    ``y_true`` is ``(N,)`` 0/1.  Returns ``None`` values (and a ``"note"``) when the AUC is
+    undefined because one of the two groups is empty; with a single positive or negative
+    case the AUC is defined but its variance is not: ``std`` is ``None`` and ``ci`` the
+    uninformative ``[0, 1]``.
     """
-    y = np.asarray(y_true)
-    if y.ndim == 1 and (not (y == 1).any() or not (y == 0).any()):
+    y = check_labels(y_true, 2, "y_true")
+    if not (y == 1).any() or not (y == 0).any():
         return {"auc": None, "std": None, "ci": None,
                 "note": f"undefined: {int((y == 1).sum())} positives, {int((y == 0).sum())} negatives"}
     auc, var = delong_auc(y, scores)
-    std = float(np.sqrt(var)) if np.isfinite(var) else float("nan")
+    if not np.isfinite(var):
+        return {"auc": auc, "std": None, "ci": [0.0, 1.0],
+                "note": f"variance undefined: {int((y == 1).sum())} positives, {int((y == 0).sum())} negatives"}
+    std = float(np.sqrt(var))
     z = norm.ppf(0.5 + confidence / 2)
-    ci = [max(0.0, auc - z * std), min(1.0, auc + z * std)] if np.isfinite(std) else [0.0, 1.0]
-    return {"auc": auc, "std": std, "ci": ci}
+    return {"auc": auc, "std": std, "ci": [max(0.0, auc - z * std), min(1.0, auc + z * std)]}
 
 
 def one_vs_rest_auc(y_true: np.ndarray, scores: np.ndarray, confidence: float = 0.95) -> list[dict]:
@@ -82,7 +86,10 @@ def one_vs_rest_auc(y_true: np.ndarray, scores: np.ndarray, confidence: float = 
     if s.ndim != 2:
         raise ValueError(f"scores must have shape (N, K), got {s.shape}")
     y = np.asarray(y_true)
-    onehot = (y[:, None] == np.arange(s.shape[1])).astype(int) if y.ndim == 1 else y
+    if y.ndim == 1:
+        onehot = (check_labels(y, s.shape[1], "y_true")[:, None] == np.arange(s.shape[1])).astype(int)
+    else:
+        onehot = check_labels(y, 2, "y_true", ndim=2)
     if onehot.shape != s.shape:
         raise ValueError(f"y_true {y.shape} does not match scores {s.shape}")
     return [auc_interval(onehot[:, k], s[:, k], confidence) for k in range(s.shape[1])]
@@ -104,6 +111,7 @@ def hand_till_auc(y_true: np.ndarray, probabilities: np.ndarray) -> float | None
     p = np.asarray(probabilities, dtype=np.float64)
     if y.ndim != 1 or p.ndim != 2 or len(y) != len(p):
         raise ValueError(f"need y_true (N,) and probabilities (N, K), got {y.shape} and {p.shape}")
+    y = check_labels(y, p.shape[1], "y_true")
     present = [k for k in range(p.shape[1]) if (y == k).any()]
     pairs = []
     for a, i in enumerate(present):

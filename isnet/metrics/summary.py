@@ -13,6 +13,7 @@ from scipy.special import expit, softmax
 
 from .classification import multilabel_counts, multilabel_metrics, single_label_metrics
 from .intervals import DEFAULT_DRAWS, DEFAULT_PRIOR, bayesian_metrics, wilson_metrics
+from .labels import check_labels
 from .roc import hand_till_auc, one_vs_rest_auc
 
 
@@ -44,7 +45,9 @@ def evaluate_scores(y_true: np.ndarray, scores: np.ndarray, *, class_names: Sequ
         raise ValueError(f"scores must have shape (N, {len(names)}), got {s.shape}")
     if not np.isfinite(s).all():
         raise ValueError("model outputs contain NaN or infinite values")
-    y = np.asarray(y_true)
+    y = check_labels(y_true, 2, "y_true", ndim=2) if multilabel else check_labels(y_true, len(names), "y_true")
+    if len(y) != len(s):
+        raise ValueError(f"y_true has {len(y)} samples but scores have {len(s)}")
     if multilabel:
         probs = expit(s)
         t = np.full(len(names), 0.5) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
@@ -61,7 +64,7 @@ def evaluate_scores(y_true: np.ndarray, scores: np.ndarray, *, class_names: Sequ
                       "per_class": aucs}
     else:
         probs = softmax(s, axis=1)
-        out = single_label_metrics(y.astype(np.int64), probs.argmax(1), len(names))
+        out = single_label_metrics(y, probs.argmax(1), len(names))
         out["task"] = "single-label"
         out["bayesian"] = bayesian_metrics(np.asarray(out["confusion_matrix"]), prior=prior, draws=draws, seed=seed,
                                            mass=confidence)

@@ -11,7 +11,6 @@ systems train, checkpoint and log the same way through :func:`isnet.training.tra
 
 from __future__ import annotations
 
-import json
 import math
 from functools import partial
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import defaults
+from ..jsonio import write_json
 
 Explainer = Callable[[Tensor], tuple[Tensor, Tensor]]
 """``images (B, C, H, W) -> (logits (B, K), heatmaps (B, K, C', H, W))``."""
@@ -172,10 +172,10 @@ class SystemModule(L.LightningModule):
         example = torch.rand(1, channels, size, size, device=next(self.parameters()).device)
         with torch.no_grad():
             torch.jit.trace(self.deployed, example, check_trace=False).save(str(files["torchscript"]))
-        files["preprocessing"].write_text(json.dumps(
+        write_json(files["preprocessing"], (
             {"preprocessing": preprocessing or {}, "class_names": list(self.hparams.get("class_names") or []),
              "multilabel": self.hparams.get("multilabel", False), "method": self.method,
-             "input": "float32 (B, C, H, W), values in [0, 1]"}, indent=2))
+             "input": "float32 (B, C, H, W), values in [0, 1]"}))
         self.train(was_training)
         return files
 

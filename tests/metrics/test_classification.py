@@ -74,3 +74,35 @@ def test_best_thresholds_maximise_each_label_f1():
     # a label with no positives: nothing is called positive
     y[:, 0] = 0
     assert (scores[:, 0] < best_thresholds(y, scores)[0]).all()
+
+
+@pytest.mark.parametrize("bad", [1.5, -1.0, 3.0, np.nan])
+def test_labels_that_are_not_class_indices_are_errors(bad):
+    y = np.array([0.0, 2.0, bad, 1.0])
+    with pytest.raises(ValueError, match=rf"y_true must hold class indices in \[0, 3\), got {bad!r} at position 2"):
+        confusion_matrix(y, np.zeros(4, int), 3)
+    with pytest.raises(ValueError, match=rf"y_pred must hold class indices in \[0, 3\), got {bad!r} at position 2"):
+        single_label_metrics(np.zeros(4, int), y, 3)
+    targets = np.array([[0.0, 1.0], [1.0, 0.0]])
+    wrong = targets.copy()
+    wrong[1, 1] = bad
+    with pytest.raises(ValueError, match=rf"y_true must hold only 0 and 1, got {bad!r} at position \(1, 1\)"):
+        multilabel_metrics(wrong, targets)
+    with pytest.raises(ValueError, match=rf"y_pred must hold only 0 and 1, got {bad!r} at position \(1, 1\)"):
+        multilabel_metrics(targets, wrong)
+    with pytest.raises(ValueError, match=r"only 0 and 1, got .* at position \(1, 1\)"):
+        best_thresholds(wrong, np.zeros((2, 2)))
+
+
+def test_float_labels_with_integer_values_count_like_integers(predictions):
+    y_true, y_pred = predictions
+    assert single_label_metrics(y_true.astype(np.float32), y_pred, 4) == single_label_metrics(y_true, y_pred, 4)
+
+
+def test_no_samples_give_zero_counts_and_an_undefined_accuracy():
+    m = single_label_metrics(np.zeros(0), np.zeros(0, int), 3)
+    assert m["n"] == 0 and m["accuracy"] is None and m["confusion_matrix"] == [[0] * 3] * 3
+    assert m["macro_f1"] == 0.0  # rates keep the zero_division=0 convention
+    ml = multilabel_metrics(np.zeros((0, 2)), np.zeros((0, 2)))
+    assert ml["n"] == 0 and ml["accuracy"] is None and ml["counts"]["tp"] == [0, 0]
+    assert best_thresholds(np.zeros((0, 2)), np.zeros((0, 2))).shape == (2,)

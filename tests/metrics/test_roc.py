@@ -96,3 +96,29 @@ def test_hand_till_matches_sklearn_and_skips_absent_classes():
     assert hand_till_auc(y[only_two], p[only_two]) == pytest.approx(
         roc_auc_score(y[only_two] == 0, p[only_two, 0]) / 2 + roc_auc_score(y[only_two] == 1, p[only_two, 1]) / 2)
     assert hand_till_auc(np.zeros(4, int), p[:4]) is None
+
+
+@pytest.mark.parametrize("bad", [0.5, -1.0, 2.0, np.nan])
+def test_labels_that_are_not_0_or_1_or_class_indices_are_errors(bad):
+    y = np.array([0.0, 1.0, 1.0, bad, 0.0])
+    s = np.linspace(0, 1, 5)
+    for f in (delong_auc, auc_interval):
+        with pytest.raises(ValueError, match=rf"y_true must hold only 0 and 1, got {bad!r} at position 3"):
+            f(y, s)
+    p = np.full((5, 3), 1 / 3)
+    y3 = np.array([0.0, 1.0, 2.0, 1.0, 0.0])
+    y3[3] = 3.0 if bad == 2.0 else bad  # 2 is a valid class of three
+    for f in (one_vs_rest_auc, hand_till_auc):
+        with pytest.raises(ValueError, match=r"y_true must hold class indices in \[0, 3\), got .* at position 3"):
+            f(y3, p)
+    onehot = np.eye(3)[[0, 1, 2, 1, 0]]
+    onehot[3, 2] = bad
+    with pytest.raises(ValueError, match=r"only 0 and 1, got .* at position \(3, 2\)"):
+        one_vs_rest_auc(onehot, p)
+
+
+def test_a_single_positive_case_has_an_auc_but_no_variance():
+    a = auc_interval(np.array([0, 0, 1, 0]), np.array([0.1, 0.4, 0.35, 0.2]))
+    assert a["auc"] == pytest.approx(2 / 3) and a["std"] is None and a["ci"] == [0.0, 1.0]
+    assert "variance undefined: 1 positives, 3 negatives" in a["note"]
+    assert np.isnan(delong_auc(np.array([0, 0, 1, 0]), np.array([0.1, 0.4, 0.35, 0.2]))[1])

@@ -51,3 +51,32 @@ def test_bad_outputs_are_named():
         evaluate_scores(np.zeros(3, int), np.zeros((3, 3)), class_names=["a", "b"])
     with pytest.raises(ValueError, match="NaN"):
         evaluate_scores(np.zeros(2, int), np.array([[0.0, np.nan], [1.0, 0.0]]), class_names=["a", "b"])
+
+
+def test_labels_are_checked_before_counting():
+    scores = np.zeros((4, 3))
+    with pytest.raises(ValueError, match=r"class indices in \[0, 3\), got 1.5 at position 1"):
+        evaluate_scores(np.array([0, 1.5, 2, 0]), scores, class_names=["a", "b", "c"], draws=10)
+    with pytest.raises(ValueError, match=r"class indices in \[0, 3\), got 3 at position 2"):
+        evaluate_scores(np.array([0, 1, 3, 0]), scores, class_names=["a", "b", "c"], draws=10)
+    with pytest.raises(ValueError, match=r"only 0 and 1, got -1.0 at position \(0, 2\)"):
+        evaluate_scores(np.array([[0, 1, -1.0]] * 4), scores, class_names=["a", "b", "c"], multilabel=True)
+    with pytest.raises(ValueError, match="3 samples but scores have 4"):
+        evaluate_scores(np.array([0, 1, 2]), scores, class_names=["a", "b", "c"], draws=10)
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_no_samples_give_a_strict_json_summary(multilabel):
+    y = np.zeros((0, 2) if multilabel else 0)
+    m = evaluate_scores(y, np.zeros((0, 2)), class_names=["a", "b"], multilabel=multilabel, draws=50)
+    assert m["n"] == 0 and m["accuracy"] is None and m["auc"]["macro"] is None
+    assert all(a["auc"] is None for a in m["auc"]["per_class"])
+    json.dumps(m, allow_nan=False)
+
+
+def test_one_positive_case_gives_a_null_variance():
+    y = np.array([0, 0, 0, 1, 0])
+    scores = np.stack([np.zeros(5), np.array([-1.0, 0.5, -0.2, 0.3, -2.0])], 1)
+    m = evaluate_scores(y, scores, class_names=["neg", "pos"], draws=50)
+    assert m["auc"]["per_class"][1]["std"] is None and m["auc"]["per_class"][1]["auc"] == pytest.approx(0.75)
+    json.dumps(m, allow_nan=False)

@@ -14,7 +14,7 @@ Example::
       size: 224
       grayscale: true
       equalize: true
-    trainer:          # lightning.Trainer arguments
+    trainer:          # lightning.Trainer arguments, and heatmap_images (see isnet.training.train)
       max_epochs: 48
       precision: 16-mixed
 
@@ -51,7 +51,8 @@ def allowed_keys(method: str = "isnet") -> dict[str, set[str]]:
     return {
         "model": (system_parameters(method) | {"method"}) - {"num_classes", "class_names"},
         "data": _parameters(MaskedImageDataModule.__init__),
-        "trainer": _parameters(L.Trainer.__init__) - {"callbacks", "logger", "gradient_clip_val"},
+        # heatmap_images: isnet.training.train's own option (TensorBoard heatmaps per class, 0: none)
+        "trainer": (_parameters(L.Trainer.__init__) - {"callbacks", "logger", "gradient_clip_val"}) | {"heatmap_images"},
     }
 
 

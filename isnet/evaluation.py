@@ -76,24 +76,34 @@ def explained_maps(heatmaps: Tensor, labels: Tensor, multilabel: bool) -> tuple[
     return heatmaps[image, k], image
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (the CPU if it has none)."""
+    tensor = next(model.parameters(), None)
+    if tensor is None:
+        tensor = next(model.buffers(), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
 def collect_outputs(model: nn.Module, dataset: Dataset, *, multilabel: bool = False, batch_size: int = 64,
                     explainer: Explainer | None = None) -> Outputs:
     """Run ``model`` (in eval mode) over ``dataset``.
 
-    With an ``explainer``, each true class's heatmap is compared with the image's mask
-    (:func:`isnet.metrics.attention_metrics`); for multi-label tasks the values of an
-    image are averaged over its positive labels.
+    The images go to the device of the model's parameters (the CPU for a model without
+    any); the outputs come back to the CPU.  With an ``explainer``, each true class's
+    heatmap is compared with the image's mask (:func:`isnet.metrics.attention_metrics`);
+    for multi-label tasks the values of an image are averaged over its positive labels.
     """
     model.eval()
+    device = model_device(model)
     scores, labels, attention = [], [], []
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        images, y = batch["image"], batch["label"]
+        images, y = batch["image"].to(device), batch["label"]
         if explainer is None:
             with torch.no_grad():
                 logits = model(images)
         else:
             logits, heatmaps = explainer(images)
-            maps, owner = explained_maps(heatmaps, y, multilabel)
+            maps, owner = explained_maps(heatmaps, y.to(heatmaps.device), multilabel)
             owner = owner.cpu()
             per_map = attention_metrics(maps.cpu().numpy(), batch["mask"][owner].numpy())
             attention.append({name: _mean_per_image(v, owner.numpy(), len(y)) for name, v in per_map.items()})

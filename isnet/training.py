@@ -208,12 +208,16 @@ def train(
     precision: str | None = None,
     accelerator: str = "auto",
     devices: int | str = "auto",
+    heatmap_images: int = 2,
     **trainer_kwargs: Any,
 ) -> tuple[SystemModule, Path | None]:
     """Fit ``module`` (an ISNet or any other system) and return it with the weights of its
     lowest validation loss (Alg. 1, step 4).
 
-    Logs go to ``folder/logs`` (CSV), the best checkpoint to ``folder/checkpoints``.
+    Logs go to ``folder/logs``: ``metrics.csv`` and TensorBoard event files (the same loss
+    parts, plus after every validation epoch the heatmaps of the first ``heatmap_images``
+    validation images of each class, see :class:`isnet.callbacks.HeatmapImages`; 0: none).
+    The best checkpoint goes to ``folder/checkpoints``.
     Gradient norms are clipped to 1 (Appendix F.2).  Work a system needs before its own
     training (``module.before_fit``, e.g. a pipeline's segmenter) runs first, with the
     same options.
@@ -222,7 +226,9 @@ def train(
         ``(module, best checkpoint path)``.
     """
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from .callbacks import HeatmapImages
 
     import logging
     import warnings
@@ -232,6 +238,8 @@ def train(
         warnings.filterwarnings("ignore", message)
     if not progress:
         logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    if not isinstance(heatmap_images, int) or heatmap_images < 0:
+        raise ValueError(f"heatmap_images must be a whole number >= 0, got {heatmap_images!r}")
     folder = Path(folder)
     options = dict(progress=progress, deterministic=deterministic, precision=precision, accelerator=accelerator,
                    devices=devices, **trainer_kwargs)
@@ -242,8 +250,10 @@ def train(
         max_epochs=max_epochs,
         gradient_clip_val=defaults.GRADIENT_CLIP_NORM,
         gradient_clip_algorithm="norm",
-        callbacks=[checkpoint],
-        logger=CSVLogger(folder, name="logs", version=""),
+        callbacks=[checkpoint] + ([HeatmapImages(heatmap_images)] if heatmap_images else []),
+        # CSV first: it checks for an empty folder before the event file arrives
+        logger=[CSVLogger(folder, name="logs", version=""),
+                TensorBoardLogger(folder, name="logs", version="", default_hp_metric=False)],
         enable_progress_bar=progress,
         enable_model_summary=False,
         deterministic=deterministic,

@@ -170,3 +170,8 @@ def test_method_settings_are_validated(tmp_path):
     bad.write_text("model:\n  method: resnet\ndata:\n  root: x\n")
     with pytest.raises(ConfigError, match="model.method 'resnet' is not a method"):
         load_config(bad)
+
+
+def test_config_accepts_the_heatmap_images_option():
+    cfg = load_config(None, ["data.root=somewhere", "trainer.heatmap_images=0"])
+    assert cfg["trainer"]["heatmap_images"] == 0

@@ -107,3 +107,37 @@ def test_fractional_labels_are_an_error_not_truncated():
     data = Items(torch.rand(4, 1, 8, 8), torch.ones(4, 1, 8, 8), torch.tensor([0.0, 1.0, 1.5, 0.0]))
     with pytest.raises(ValueError, match="got 1.5 at position 2"):
         evaluate(_left_half_model(), {"t": data}, class_names=["a", "b"], draws=10)
+
+
+class _DeviceSpy(nn.Module):
+    """A 2-class model whose only parameter lives on the 'meta' device: it records the device of
+    the images it receives and answers with CPU logits (the image's number in the batch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(1, device="meta"))
+        self.devices = []
+
+    def forward(self, x):
+        self.devices.append(x.device)
+        return torch.stack([torch.zeros(len(x)), torch.arange(len(x), dtype=torch.float32)], 1)
+
+
+def test_evaluation_runs_on_the_models_device():
+    labels = torch.tensor([0, 1, 0, 1, 1, 0])
+    data = Items(torch.rand(6, 1, 4, 4), torch.ones(6, 1, 4, 4), labels)
+    model = _DeviceSpy()
+    out = collect_outputs(model, data, batch_size=4)
+    assert model.devices == [torch.device("meta")] * 2
+    assert out.scores[:, 1].tolist() == [0, 1, 2, 3, 0, 1] and out.labels.tolist() == labels.tolist()
+
+    seen = []
+
+    def explain(images):
+        seen.append(images.device)
+        return torch.zeros(len(images), 2), torch.ones(len(images), 2, 1, 4, 4)
+
+    results = evaluate(model, {"test": data}, class_names=["a", "b"], explainer=explain, batch_size=4)
+    assert seen == [torch.device("meta")] * 2
+    # full masks: no background, so no background relevance
+    assert results["test"]["attention"]["background_share"]["mean"] == pytest.approx(0.0)

@@ -152,3 +152,51 @@ def test_isnet_trains_with_ddp_on_two_processes(tmp_path):
         losses = [float(row["train/loss"]) for row in csv.DictReader(f) if row.get("train/loss")]
     assert len(losses) == 2 and all(map(math.isfinite, losses))
     assert any(not torch.equal(a, b) for a, b in zip(before, module.parameters()))  # trained weights came back
+
+
+def test_ddp_validation_metrics_are_those_of_the_whole_validation_set(tmp_path):
+    """Two CPU processes: the logged validation values are synchronised, weighted by each process's
+    number of images, and the DistributedSampler's repeated images are left out: they equal one
+    process's mean over the validation set.  9 validation images in batches of 4: process 0 sees
+    images 0, 2, 4, 6, 8 (batches of 4 and 1), process 1 images 1, 3, 5, 7 and image 0 again as padding
+    (its last batch is padding alone).  The model does not change (learning rate 0, batch-norm
+    momentum 0), so the values are those of one fixed model, equal up to float32 rounding."""
+    from isnet.training import train
+
+    root = generate_digits_on_textures(tmp_path / "digits", per_class=(4, 3, 1), size=32)
+    data = MaskedImageDataModule(root, size=32, bias=True, augment=False, batch_size=4)
+    data.setup()
+    assert len(data.val_set) == 9
+    module = ISNetModule("small_cnn", 3, P=0.7, arch_kwargs={"width": 8}, lr=0.0, C1=0.5, C2=20.0,
+                         class_names=["a", "b", "c"])
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = 0.0  # the running statistics stay as they are in training mode
+    module.eval()
+    sums, count = {}, 0
+    with torch.no_grad():
+        for batch in torch.utils.data.DataLoader(data.val_set, batch_size=4):
+            parts, logits = module.losses(batch)
+            parts["accuracy"] = (logits.argmax(1) == batch["label"]).float().mean()
+            for name, value in parts.items():
+                sums[name] = sums.get(name, 0.0) + value.double().item() * len(logits)
+            count += len(logits)
+    expected = {f"val/{name}": total / count for name, total in sums.items()}
+    previous = torch.multiprocessing.get_sharing_strategy()
+    torch.multiprocessing.set_sharing_strategy("file_system")  # see the DDP test above
+    try:
+        train(module, data, tmp_path / "run", max_epochs=1, progress=False, accelerator="cpu", devices=2,
+              strategy="ddp_spawn", heatmap_images=1)
+    finally:
+        torch.multiprocessing.set_sharing_strategy(previous)
+    with open(tmp_path / "run" / "logs" / "metrics.csv") as f:
+        rows = [row for row in csv.DictReader(f) if row.get("val/loss")]
+    assert len(rows) == 1
+    for name, value in expected.items():
+        assert float(rows[0][name]) == pytest.approx(value, rel=1e-5, abs=1e-7), name
+    # the heatmap pictures come from process 0 alone: one per class and epoch
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "run" / "logs"), size_guidance={"images": 0}).Reload()
+    assert sorted(events.Tags()["images"]) == [f"val_heatmaps/{c}_0" for c in "abc"]
+    assert all(len(events.Images(tag)) == 1 for tag in events.Tags()["images"])

@@ -98,7 +98,9 @@ class SystemModule(L.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.deployed(x)
 
-    def _step(self, batch: dict, stage: str) -> Tensor:
+    def _step(self, batch: dict, stage: str, weight: int | None = None) -> Tensor:
+        """Loss of one batch, logged per epoch as the mean over processes weighted by ``weight``
+        (default: the batch size)."""
         parts, logits = self.losses(batch)
         total = parts["loss"]
         if not torch.isfinite(total):
@@ -107,24 +109,55 @@ class SystemModule(L.LightningModule):
                 f"{stage} loss of {self.method or type(self).__name__} is not finite "
                 f"({', '.join(bad) or 'total'}); lower the learning rate"
             )
-        batch_size = batch["image"].shape[0]
+        batch_size = batch["image"].shape[0] if weight is None else weight
         values = dict(parts)
         if logits is not None and not self.hparams.get("multilabel", False):
             values["accuracy"] = (logits.argmax(1) == batch["label"]).float().mean()
         self.log_dict({f"{stage}/{k}": v.detach() if k != "loss" else v for k, v in values.items()},
-                      batch_size=batch_size, on_step=False, on_epoch=True)
+                      batch_size=batch_size, on_step=False, on_epoch=True, sync_dist=True)
+        # sync_dist: epoch values only, so one all-reduce per value and epoch; every rank then
+        # sees the same val/loss and keeps the same best checkpoint
         self.log(f"{stage}_loss", total, batch_size=batch_size, on_step=False, on_epoch=True, prog_bar=True,
-                 logger=False)
+                 logger=False, sync_dist=True)
         return total
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         return self._step(batch, "train")
 
     def validation_step(self, batch: dict, batch_idx: int) -> Tensor:
+        batch, weight = self._without_sampler_padding(batch, batch_idx)
         if self.needs_input_gradients:  # the validation loss itself needs input gradients
             with torch.enable_grad():
-                return self._step(batch, "val")
-        return self._step(batch, "val")
+                return self._step(batch, "val", weight)
+        return self._step(batch, "val", weight)
+
+    def _without_sampler_padding(self, batch: dict, batch_idx: int) -> tuple[dict, int | None]:
+        """The batch without the images a ``DistributedSampler`` repeated to give every process
+        as many (so that the validation means are those of the validation set), and its weight
+        in the epoch means (``None``: its size, outside distributed runs).
+
+        The sampler pads the dataset's order with its first images up to a multiple of the
+        number of processes W; process ``r`` takes positions ``r, r + W, ...``, so only its last
+        image can be padding.  A batch of padding alone is still computed (every process runs
+        the same steps) but weighs 0.
+        """
+        from torch.utils.data import DataLoader, DistributedSampler
+
+        loaders = self._trainer.val_dataloaders if self._trainer is not None else None
+        sampler = getattr(loaders, "sampler", None) if isinstance(loaders, DataLoader) else None
+        if not isinstance(sampler, DistributedSampler) or sampler.drop_last or not loaders.batch_size:
+            return batch, None
+        real = len(range(sampler.rank, len(sampler.dataset), sampler.num_replicas))  # this rank's unpadded images
+        size = batch["image"].shape[0]
+        keep = min(size, max(0, real - batch_idx * loaders.batch_size))
+        # Lightning syncs a weighted mean as the mean over processes of the weighted sums over the mean
+        # of the weight totals, an integer that it truncates: exact only when the weights' grand total
+        # divides by W, hence every weight times W.
+        weight = keep * sampler.num_replicas
+        if keep in (0, size):
+            return batch, weight
+        per_image = lambda v: isinstance(v, list) and len(v) == size or isinstance(v, Tensor) and v.shape[:1] == (size,)  # noqa: E731
+        return {k: v[:keep] if per_image(v) else v for k, v in batch.items()}, weight
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

@@ -149,26 +149,18 @@ def _fit(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     module, best = train(module, data, out, max_epochs=max_epochs, progress=not args.quiet, **trainer)
-    from .export import FORMATS, ExportError
+    from .export import FORMATS
+    from .predict import data_preprocessing
 
     written = []
     for fmt in FORMATS:  # the training result is kept even if a format cannot hold this network
         try:
-            written.append(str(module.export(out / "export", preprocessing=_preprocessing(cfg["data"]),
+            written.append(str(module.export(out / "export", preprocessing=data_preprocessing(cfg["data"]),
                                              formats=fmt)[fmt]))
         except ExportError as error:
             print(f"isnet fit: warning: {error}", file=sys.stderr)
     print(f"best checkpoint: {best}\nexported {method} model: {', '.join(written)}")
     return 0
-
-
-def _preprocessing(data: dict) -> dict:
-    """What the data module did to test images, for the exported model: size, grayscale,
-    equalize, channels, and ``square`` (test images padded to squares, ``square_test``)."""
-    keys = ("size", "grayscale", "equalize", "channels")
-    prep = {k: data[k] for k in keys if k in data}
-    prep["square"] = bool(data.get("square_test", True))
-    return prep
 
 
 def _named_checkpoints(specs: Sequence[str]) -> dict[str, Path]:
@@ -283,7 +275,16 @@ def _export(args: argparse.Namespace) -> int:
     from .systems.registry import load_system
 
     module = load_system(args.checkpoint).eval()
-    prep = {"size": args.size} if args.size else {}
+    prep = {}
+    config = Path(args.checkpoint).resolve().parent.parent / "config.yaml"  # written by `isnet fit` to the run folder
+    if config.is_file():
+        import yaml
+
+        from .predict import data_preprocessing
+
+        prep = data_preprocessing((yaml.safe_load(config.read_text()) or {}).get("data") or {})
+    if args.size:
+        prep["size"] = args.size
     files = module.export(args.out, preprocessing=prep, formats=args.format)
     print("\n".join(f"{k}: {v}" for k, v in files.items()))
     return 0
@@ -341,8 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["onnx", "torch_export", "model", "all"], default="all",
                    help="model: isnet model file (.pt); onnx: .onnx (opset 18, dynamic batch); "
                         "torch_export: torch.export program (.pt2); all (default): the three")
-    p.add_argument("--size", type=int, help="input size to record in the preprocessing (and to fix in the "
-                                            "ONNX / torch.export graphs; default 64)")
+    p.add_argument("--size", type=int, help="input size to record in the preprocessing and fix in the ONNX / "
+                   "torch.export graphs (default: the run's config.yaml next to checkpoints/, else 64)")
     p.set_defaults(run=_export)
 
     p = sub.add_parser("predict", help="classify images on disk with an exported model and write a CSV")

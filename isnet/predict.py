@@ -20,6 +20,23 @@ from .data.images import Preprocessing, load_image, read_image
 Explainer = Callable[[Tensor], tuple[Tensor, Tensor]]
 
 
+def data_preprocessing(data: dict[str, Any]) -> dict[str, Any]:
+    """What :class:`~isnet.data.MaskedImageDataModule` with the settings ``data`` (its keyword
+    arguments, the ``data`` section of a config) does to test images, as the preprocessing
+    to store with an exported model: ``size``, ``grayscale``, ``equalize``, ``channels``
+    and ``square`` (``square_test``: padding to a square), each from ``data`` or the data
+    module's default."""
+    import inspect
+
+    from .data import MaskedImageDataModule
+
+    defaults = {k: p.default for k, p in inspect.signature(MaskedImageDataModule.__init__).parameters.items()}
+    setting = {k: data.get(k, defaults[k]) for k in ("size", "grayscale", "equalize", "channels", "square_test")}
+    return {"size": int(setting["size"]), "grayscale": bool(setting["grayscale"]),
+            "equalize": bool(setting["equalize"]), "channels": int(setting["channels"]),
+            "square": bool(setting["square_test"])}
+
+
 def model_preprocessing(info: dict[str, Any], size: int | None = None) -> Preprocessing | None:
     """The :class:`Preprocessing` stored with a model (``info`` from :func:`isnet.export.load_deployed`
     or :func:`isnet.backbones.load_model`), with ``size`` overriding the stored side; ``None`` when

@@ -88,6 +88,11 @@ def test_fit_test_export_round_trip(tmp_path):
     assert 0 < saved["model"]["C1"] < saved["model"]["C2"] and saved["model"]["C1"] != 0.1
     program = torch.export.load(tmp_path / "exp" / "backbone.pt2").module()
     assert program(torch.rand(1, 3, 32, 32)).shape == (1, 3)
+    # the run's config.yaml gives the exported model the data module's test preprocessing
+    saved_prep = json.loads((tmp_path / "exp" / "preprocessing.json").read_text())["preprocessing"]
+    assert saved_prep == {"size": 32, "grayscale": False, "equalize": False, "channels": 3, "square": True}
+    assert main(["export", "--checkpoint", str(checkpoints[0]), "--out", str(tmp_path / "m"), "--format", "model"]) == 0
+    assert {f.name for f in (tmp_path / "m").iterdir()} == {"backbone.pt", "preprocessing.json"}
 
 
 def test_fit_reports_a_broken_config(tmp_path, capsys):

@@ -259,7 +259,7 @@ def load_deployed(path: str | Path, map_location: str | torch.device = "cpu") ->
         info = json.loads(extra[f"{METADATA_KEY}.json"])
         return program.module(), dict(info, format="torch_export", explainer=None)
     try:
-        data = torch.load(path, map_location=map_location, weights_only=False)
+        data = torch.load(path, map_location=map_location, weights_only=True)  # tensors and plain data, no code
     except Exception as error:  # noqa: BLE001 - any unreadable file
         raise ValueError(f"{path} is not an isnet model file: {error}") from error
     kind = data.get("format") if isinstance(data, dict) else None

@@ -67,6 +67,10 @@ def _predict(args: argparse.Namespace) -> int:
     if args.heatmaps and info["format"] != "model":
         raise ValueError(f"--heatmaps needs an isnet model file (.pt); {args.model} is {info['format']}, "
                          "which keeps no layers to explain")
+    stored = info["preprocessing"].get("size")
+    if info["format"] != "model" and args.size and stored and args.size != stored:
+        raise ValueError(f"{args.model} takes {stored} x {stored} images ({info['format']} graphs fix the size); "
+                         f"drop --size {args.size}")
     paths = find_images(args.images)
     images = read_images(paths, model_preprocessing(info, args.size), channels=info["in_channels"])
     logits = run_network(network, images, args.batch_size)

@@ -63,7 +63,7 @@ def test_predict_writes_one_row_per_image_with_probabilities(tmp_path, model_fil
     assert [r[0] for r in rows] == [str(p) for p in paths]
 
 
-def test_onnx_and_pt2_models_predict_the_same(tmp_path, model_file):
+def test_onnx_and_pt2_models_predict_the_same(tmp_path, model_file, capsys):
     path, model, prep = model_file
     meta = deployment_metadata(class_names=NAMES, num_classes=3, in_channels=3, preprocessing=prep)
     files = export_network(model, tmp_path / "export", stem="backbone", metadata=meta,
@@ -78,6 +78,11 @@ def test_onnx_and_pt2_models_predict_the_same(tmp_path, model_file):
         assert [r[1] for r in rows] == [NAMES[k] for k in results[name].argmax(1)]
     np.testing.assert_allclose(results["onnx"], results["pt"], atol=1e-5)
     np.testing.assert_allclose(results["pt2"], results["pt"], atol=1e-5)
+    onnx_args = ["predict", "--model", str(files["onnx"]), "--images", str(images), "--out", str(tmp_path / "x.csv")]
+    assert main(onnx_args + ["--heatmaps", str(tmp_path / "maps")]) == 2
+    assert "--heatmaps needs an isnet model file (.pt)" in capsys.readouterr().err
+    assert main(onnx_args + ["--size", "24"]) == 2
+    assert "takes 16 x 16 images (onnx graphs fix the size)" in capsys.readouterr().err
 
 
 def test_predict_heatmaps_are_lrp_of_the_predicted_class(tmp_path, model_file):

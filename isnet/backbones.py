@@ -90,8 +90,13 @@ def save_model(
     class_names: list[str] | None = None,
     preprocessing: dict[str, Any] | None = None,
     arch_kwargs: dict[str, Any] | None = None,
+    multilabel: bool = False,
+    thresholds: list[float] | None = None,
 ) -> Path:
     """Save a backbone as an isnet model file: architecture, weights and preprocessing.
+
+    ``multilabel`` says whether the logits are independent labels (sigmoid) rather than
+    classes (softmax); ``thresholds`` are per-label decision thresholds (default 0.5).
 
     The file is a ``torch.save`` dictionary that :func:`load_model` reads back
     with ``weights_only=True`` (no pickled code).
@@ -107,6 +112,8 @@ def save_model(
             "in_channels": int(in_channels),
             "class_names": list(class_names) if class_names else [str(i) for i in range(num_classes)],
             "preprocessing": dict(preprocessing or {}),
+            "multilabel": bool(multilabel),
+            "thresholds": [float(t) for t in thresholds] if thresholds is not None else None,
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         },
         path,
@@ -119,7 +126,8 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
 
     Returns:
         ``(model, info)``: the backbone in eval mode and the file's other fields
-        (``arch``, ``num_classes``, ``in_channels``, ``class_names``, ``preprocessing``).
+        (``arch``, ``num_classes``, ``in_channels``, ``class_names``, ``preprocessing``, and
+        ``multilabel``, ``thresholds`` in files written since they were added).
     """
     path = Path(path)
     try:

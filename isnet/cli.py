@@ -13,38 +13,32 @@ import torch
 from . import defaults
 from .allocator import keep_freed_memory
 from .jsonio import dumps, write_json
+from .export import ExportError
 
 
 def _explain(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from .backbones import load_model
-    from .lrp import LRPGraph
-    from .data.images import find_images, load_image
-    from .render import heatmap_grid, heatmap_to_rgb, overlay_rgb, save_png
+    from .data.images import find_images
+    from .predict import lrp_explainer, model_preprocessing, read_images, write_heatmap_pngs
+    from .render import heatmap_grid
 
     model, info = load_model(args.model)
-    prep = info.get("preprocessing", {})
-    size = args.size or prep.get("size")
-    channels = info.get("in_channels", 3)
     paths = find_images(args.images)
-    images = torch.stack([load_image(p, channels=channels, size=size) for p in paths])
-    graph = LRPGraph(model, epsilon=args.epsilon, zb=not args.no_zb, low=args.low, high=args.high)
+    images = read_images(paths, model_preprocessing(info, args.size), channels=info.get("in_channels", 3))
+    explain = lrp_explainer(model, **_lrp_settings(args))
     names = info.get("class_names") or [str(i) for i in range(info["num_classes"])]
     classes = args.classes if args.classes is not None else list(range(info["num_classes"]))
     out = Path(args.out)
     maps, logits = [], []
-    from tqdm import tqdm
-
-    with torch.no_grad():
-        for batch in tqdm(images.split(args.batch_size), desc="explaining", disable=args.quiet):
-            lg, hm = graph(batch, classes=classes)
-            maps.append(hm)
-            logits.append(lg)
+    for batch in tqdm(images.split(args.batch_size), desc="explaining", disable=args.quiet):
+        lg, hm = explain(batch, classes=classes)
+        maps.append(hm)
+        logits.append(lg)
     heatmaps, logits = torch.cat(maps), torch.cat(logits)
     predicted = logits.argmax(1).tolist()
-    for i, path in enumerate(paths):
-        for j, k in enumerate(classes):
-            save_png(out / f"{path.stem}_class{k}.png", heatmap_to_rgb(heatmaps[i, j]))
-            save_png(out / f"{path.stem}_class{k}_overlay.png", overlay_rgb(images[i], heatmaps[i, j]))
+    write_heatmap_pngs(out, paths, images, heatmaps, classes)
     heatmap_grid(
         out / "heatmaps.png",
         images,
@@ -56,6 +50,45 @@ def _explain(args: argparse.Namespace) -> int:
                         classes=np.array(classes), images=np.array([str(p) for p in paths]))
     if not args.quiet:
         print(f"wrote heatmaps of {len(paths)} image(s) x {len(classes)} class(es) to {out}")
+    return 0
+
+
+def _lrp_settings(args: argparse.Namespace) -> dict:
+    return {"epsilon": args.epsilon, "zb": not args.no_zb, "low": args.low, "high": args.high}
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .data.images import find_images
+    from .export import load_deployed
+    from .predict import (decisions, heatmaps_of_classes, lrp_explainer, model_preprocessing, probabilities,
+                          read_images, run_network, write_heatmap_pngs, write_predictions)
+
+    network, info = load_deployed(args.model)
+    if args.heatmaps and info["format"] != "model":
+        raise ValueError(f"--heatmaps needs an isnet model file (.pt); {args.model} is {info['format']}, "
+                         "which keeps no layers to explain")
+    stored = info["preprocessing"].get("size")
+    if info["format"] != "model" and args.size and stored and args.size != stored:
+        raise ValueError(f"{args.model} takes {stored} x {stored} images ({info['format']} graphs fix the size); "
+                         f"drop --size {args.size}")
+    paths = find_images(args.images)
+    images = read_images(paths, model_preprocessing(info, args.size), channels=info["in_channels"])
+    logits = run_network(network, images, args.batch_size)
+    if logits.ndim != 2 or logits.shape[1] != info["num_classes"]:
+        raise ValueError(f"the model gave logits of shape {tuple(logits.shape)}, expected (N, {info['num_classes']})")
+    probs = probabilities(logits, info["multilabel"])
+    predicted = decisions(probs, info["multilabel"], info.get("thresholds"))
+    out = write_predictions(args.out, paths, probs, predicted, info["class_names"])
+    if args.heatmaps:
+        top = probs.argmax(1).tolist()  # multi-label: the most probable label
+        if info["explainer"] is not None:  # a system's own explainer (all classes at once)
+            maps = heatmaps_of_classes(info["explainer"], images, top, args.batch_size, per_class=False)
+        else:
+            maps = heatmaps_of_classes(lrp_explainer(network, **_lrp_settings(args)), images, top, args.batch_size)
+        write_heatmap_pngs(args.heatmaps, paths, images, maps[:, None], [[k] for k in top])
+    if not args.quiet:
+        print(f"wrote predictions for {len(paths)} image(s) to {out}"
+              + (f" and heatmaps of the predicted classes to {args.heatmaps}" if args.heatmaps else ""))
     return 0
 
 
@@ -120,14 +153,18 @@ def _fit(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     module, best = train(module, data, out, max_epochs=max_epochs, progress=not args.quiet, **trainer)
-    files = module.export(out / "export", preprocessing=_preprocessing(cfg["data"]))
-    print(f"best checkpoint: {best}\nexported {method} model: {files['model']} and {files['torchscript']}")
+    from .export import FORMATS
+    from .predict import data_preprocessing
+
+    written = []
+    for fmt in FORMATS:  # the training result is kept even if a format cannot hold this network
+        try:
+            written.append(str(module.export(out / "export", preprocessing=data_preprocessing(cfg["data"]),
+                                             formats=fmt)[fmt]))
+        except ExportError as error:
+            print(f"isnet fit: warning: {error}", file=sys.stderr)
+    print(f"best checkpoint: {best}\nexported {method} model: {', '.join(written)}")
     return 0
-
-
-def _preprocessing(data: dict) -> dict:
-    keys = ("size", "grayscale", "equalize", "channels")
-    return {k: data[k] for k in keys if k in data}
 
 
 def _named_checkpoints(specs: Sequence[str]) -> dict[str, Path]:
@@ -242,10 +279,26 @@ def _export(args: argparse.Namespace) -> int:
     from .systems.registry import load_system
 
     module = load_system(args.checkpoint).eval()
-    prep = {"size": args.size} if args.size else {}
-    files = module.export(args.out, preprocessing=prep)
+    prep = {}
+    config = Path(args.checkpoint).resolve().parent.parent / "config.yaml"  # written by `isnet fit` to the run folder
+    if config.is_file():
+        import yaml
+
+        from .predict import data_preprocessing
+
+        prep = data_preprocessing((yaml.safe_load(config.read_text()) or {}).get("data") or {})
+    if args.size:
+        prep["size"] = args.size
+    files = module.export(args.out, preprocessing=prep, formats=args.format)
     print("\n".join(f"{k}: {v}" for k, v in files.items()))
     return 0
+
+
+def _add_lrp_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--epsilon", type=float, default=defaults.EPSILON)
+    p.add_argument("--no-zb", action="store_true", help="use LRP-epsilon in the first layer too")
+    p.add_argument("--low", type=float, default=defaults.ZB_LOW)
+    p.add_argument("--high", type=float, default=defaults.ZB_HIGH)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -286,11 +339,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=_tune)
 
-    p = sub.add_parser("export", help="write the plain backbone of a checkpoint (state_dict model file and TorchScript)")
+    p = sub.add_parser("export", help="write the deployed network of a checkpoint (isnet model file, ONNX, "
+                       "torch.export program)")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--size", type=int, help="input size to record in the preprocessing")
+    p.add_argument("--format", choices=["onnx", "torch_export", "model", "all"], default="all",
+                   help="model: isnet model file (.pt); onnx: .onnx (opset 18, dynamic batch); "
+                        "torch_export: torch.export program (.pt2); all (default): the three")
+    p.add_argument("--size", type=int, help="input size to record in the preprocessing and fix in the ONNX / "
+                   "torch.export graphs (default: the run's config.yaml next to checkpoints/, else 64)")
     p.set_defaults(run=_export)
+
+    p = sub.add_parser("predict", help="classify images on disk with an exported model and write a CSV")
+    p.add_argument("--model", required=True, help="exported model: isnet model file (.pt), .onnx or .pt2")
+    p.add_argument("--images", required=True, nargs="+", help="image files or folders")
+    p.add_argument("--out", required=True, help="CSV file: image, predicted_class, one probability per class")
+    p.add_argument("--heatmaps", metavar="DIR", help="also write LRP heatmaps of the predicted class here "
+                                                     "(isnet model files only)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--size", type=int, help="resize images to SIZE x SIZE (default: the model's)")
+    _add_lrp_arguments(p)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(run=_predict)
 
     p = sub.add_parser("explain", help="LRP heatmaps of a saved model for images on disk")
     p.add_argument("--model", required=True, help="isnet model file (.pt)")
@@ -298,10 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder for PNG heatmaps")
     p.add_argument("--classes", type=int, nargs="+", help="logit indices to explain (default: all)")
     p.add_argument("--size", type=int, help="resize images to SIZE x SIZE (default: the model's)")
-    p.add_argument("--epsilon", type=float, default=defaults.EPSILON)
-    p.add_argument("--no-zb", action="store_true", help="use LRP-epsilon in the first layer too")
-    p.add_argument("--low", type=float, default=defaults.ZB_LOW)
-    p.add_argument("--high", type=float, default=defaults.ZB_HIGH)
+    _add_lrp_arguments(p)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=_explain)
@@ -337,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     keep_freed_memory()  # the command owns its process: reuse freed blocks across training steps
     try:
         return args.run(args)
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, ExportError) as error:
         print(f"isnet {args.command}: error: {error}", file=sys.stderr)
         return 2
 

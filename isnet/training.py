@@ -119,38 +119,16 @@ class ISNetModule(SystemModule):
         return parts, logits
 
     # -- deployment --------------------------------------------------------------------------
-    def export(self, folder: str | Path, preprocessing: dict[str, Any] | None = None) -> dict[str, Path]:
-        """Write the plain backbone for deployment.
+    export_stem = "backbone"  # backbone.pt (isnet model file), backbone.onnx, backbone.pt2
 
-        Files: ``backbone.pt`` (isnet model file: architecture, ``state_dict``, class
-        names, preprocessing), ``backbone.torchscript.pt`` (TorchScript, eval mode) and
-        ``preprocessing.json``.
-        """
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+    def write_model_file(self, path: Path, metadata: dict[str, Any]) -> Path:
+        """The plain backbone as an isnet model file (:func:`isnet.backbones.save_model`):
+        architecture, ``state_dict``, class names, preprocessing, thresholds."""
         hp = self.hparams
-        model = self.backbone
-        was_training = model.training
-        model.eval()
-        files = {
-            "model": save_model(folder / "backbone.pt", model, arch=hp.backbone, num_classes=hp.num_classes,
-                                in_channels=hp.in_channels, class_names=list(hp.class_names or []) or None,
-                                preprocessing=preprocessing, arch_kwargs=hp.arch_kwargs),
-        }
-        example = torch.rand(1, hp.in_channels, 64, 64, device=next(model.parameters()).device)
-        with torch.no_grad():
-            try:
-                scripted = torch.jit.script(model)
-            except Exception:  # noqa: BLE001 - fall back to tracing for unscriptable backbones
-                scripted = torch.jit.trace(model, example)
-        files["torchscript"] = folder / "backbone.torchscript.pt"
-        scripted.save(str(files["torchscript"]))
-        files["preprocessing"] = folder / "preprocessing.json"
-        write_json(files["preprocessing"], (
-            {"preprocessing": preprocessing or {}, "class_names": list(hp.class_names or []),
-             "multilabel": hp.multilabel, "input": "float32 (B, C, H, W), values in [0, 1]"}))
-        model.train(was_training)
-        return files
+        return save_model(path, self.backbone, arch=hp.backbone, num_classes=hp.num_classes,
+                          in_channels=hp.in_channels, class_names=metadata["class_names"],
+                          preprocessing=metadata["preprocessing"], arch_kwargs=hp.arch_kwargs,
+                          multilabel=hp.multilabel, thresholds=metadata["thresholds"])
 
 
 def estimate_c1_c2(model: nn.Module, loader: Any, *, batches: int = 4, epsilon: float = defaults.EPSILON,

@@ -65,7 +65,8 @@ def test_fit_test_export_round_trip(tmp_path):
     run = tmp_path / "run"
     checkpoints = list((run / "checkpoints").glob("*.ckpt"))
     assert len(checkpoints) == 1
-    assert (run / "export" / "backbone.torchscript.pt").exists()
+    assert {f.name for f in (run / "export").iterdir()} == {"backbone.pt", "backbone.onnx", "backbone.pt2",
+                                                          "preprocessing.json"}
     metrics = (run / "logs" / "metrics.csv").read_text().splitlines()[0]
     for column in ("train/L_C", "train/L1", "train/L2", "train/loss", "val/loss", "val/L1"):
         assert column in metrics
@@ -85,8 +86,13 @@ def test_fit_test_export_round_trip(tmp_path):
     assert main(second) == 0
     saved = yaml.safe_load((tmp_path / "run2" / "config.yaml").read_text())
     assert 0 < saved["model"]["C1"] < saved["model"]["C2"] and saved["model"]["C1"] != 0.1
-    scripted = torch.jit.load(str(tmp_path / "exp" / "backbone.torchscript.pt"))
-    assert scripted(torch.rand(1, 3, 32, 32)).shape == (1, 3)
+    program = torch.export.load(tmp_path / "exp" / "backbone.pt2").module()
+    assert program(torch.rand(1, 3, 32, 32)).shape == (1, 3)
+    # the run's config.yaml gives the exported model the data module's test preprocessing
+    saved_prep = json.loads((tmp_path / "exp" / "preprocessing.json").read_text())["preprocessing"]
+    assert saved_prep == {"size": 32, "grayscale": False, "equalize": False, "channels": 3, "square": True}
+    assert main(["export", "--checkpoint", str(checkpoints[0]), "--out", str(tmp_path / "m"), "--format", "model"]) == 0
+    assert {f.name for f in (tmp_path / "m").iterdir()} == {"backbone.pt", "preprocessing.json"}
 
 
 def test_fit_reports_a_broken_config(tmp_path, capsys):
@@ -155,9 +161,9 @@ def test_fit_any_method_then_test_and_export(tmp_path):
     saved = json.loads((tmp_path / "cmp" / "metrics.json").read_text())["models"]
     assert set(saved) == {"rrr", "vit"} and saved["vit"]["test/deceiving"]["attention"]["background_share"]["n"] == 12
     deployed = load_exported(tmp_path / "vit" / "export" / "model.pt")
-    scripted = torch.jit.load(str(tmp_path / "vit" / "export" / "model.torchscript.pt"))
+    program = torch.export.load(tmp_path / "vit" / "export" / "model.pt2").module()
     x = torch.rand(2, 3, 32, 32)
-    torch.testing.assert_close(scripted(x), deployed(x))
+    torch.testing.assert_close(program(x), deployed(x))
 
 
 def test_method_settings_are_validated(tmp_path):

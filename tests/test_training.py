@@ -1,6 +1,7 @@
 """The training module: both kinds of classifier learn, heatmaps only when P > 0, export, C1/C2."""
 
 import csv
+import json
 import math
 import warnings
 
@@ -65,15 +66,18 @@ def test_standard_classifier_computes_no_heatmaps(data):
 
 def test_export_gives_the_plain_backbone(tmp_path, data):
     module = ISNetModule("small_cnn", 3, P=0.7, arch_kwargs={"width": 8}, class_names=["a", "b", "c"]).eval()
-    files = module.export(tmp_path / "export", preprocessing={"size": 32})
-    x = torch.rand(2, 3, 32, 32)
+    files = module.export(tmp_path / "export", preprocessing={"size": 32}, formats=["model", "torch_export"])
+    assert set(files) == {"model", "torch_export", "preprocessing"}
+    assert files["model"].name == "backbone.pt" and files["torch_export"].name == "backbone.pt2"
+    x = torch.rand(3, 3, 32, 32)
     expected = module.backbone(x)
-    scripted = torch.jit.load(str(files["torchscript"]))
-    torch.testing.assert_close(scripted(x), expected)
+    program = torch.export.load(files["torch_export"]).module()
+    torch.testing.assert_close(program(x), expected)
     model, info = load_model(files["model"])
     torch.testing.assert_close(model(x), expected)
     assert info["class_names"] == ["a", "b", "c"] and info["preprocessing"] == {"size": 32}
-    assert files["preprocessing"].exists()
+    assert json.loads(files["preprocessing"].read_text())["class_names"] == ["a", "b", "c"]
+    assert module.training is False and not (tmp_path / "export" / "backbone.onnx").exists()
 
 
 def test_c1_c2_are_the_range_of_total_absolute_relevance(data):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Sequence
 
 import lightning as L
 import torch
@@ -187,30 +187,59 @@ class SystemModule(L.LightningModule):
     def before_fit(self, datamodule: L.LightningDataModule, folder: Any, **train_options: Any) -> None:
         """Work done before this system's own training (e.g. training a segmenter); nothing by default."""
 
-    def export(self, folder: str | Path, preprocessing: dict[str, Any] | None = None,
+    # -- deployment --------------------------------------------------------------------------
+    export_stem: ClassVar[str] = "model"
+    """File name (without suffix) of the exported files: ``model.pt``, ``model.onnx``, ``model.pt2``."""
+
+    def write_model_file(self, path: Path, metadata: dict[str, Any]) -> Path:
+        """Write the isnet model file of the deployed network (``isnet-system/1``: method,
+        hyper-parameters, weights, preprocessing and thresholds; reload with
+        :func:`isnet.export.load_deployed` or :func:`isnet.systems.registry.load_exported`)."""
+        torch.save({"format": "isnet-system/1", "method": self.method, "hparams": dict(self.hparams),
+                    "preprocessing": metadata["preprocessing"], "thresholds": metadata["thresholds"],
+                    "state_dict": self.state_dict()}, path)
+        return path
+
+    def export(self, folder: str | Path, preprocessing: dict[str, Any] | None = None, *,
+               formats: str | Sequence[str] = "all", thresholds: Sequence[float] | None = None,
                example_size: int = 64) -> dict[str, Path]:
-        """Write the deployed network: ``model.pt`` (method, hyper-parameters and weights; reload
-        with :func:`isnet.systems.registry.load_exported`), ``model.torchscript.pt`` (traced,
-        eval mode) and ``preprocessing.json``."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        """Write the deployed network for deployment (see :mod:`isnet.export`).
+
+        Args:
+            folder: output folder.
+            preprocessing: how images were read (``size``, ``grayscale``, ``equalize``,
+                ``channels``, ``square``), stored with every format.
+            formats: ``"all"`` or some of ``model`` (``<stem>.pt``), ``onnx``
+                (``<stem>.onnx``), ``torch_export`` (``<stem>.pt2``); ``preprocessing.json``
+                is always written.
+            thresholds: per-label decision thresholds of a multi-label model (default 0.5).
+            example_size: input side (pixels) fixed in the ONNX / torch.export graphs when
+                ``preprocessing`` has no ``size`` (a ViT's ``image_size`` wins).
+
+        Returns:
+            ``{format: path, "preprocessing": path}``.
+
+        Raises:
+            isnet.export.ExportError: the network cannot be written in a requested format.
+        """
+        from ..export import deployment_metadata, export_network
+
+        hp = self.hparams
+        prep = dict(preprocessing or {})
+        if "size" not in prep and hp.get("image_size"):
+            prep["size"] = int(hp["image_size"])
+        metadata = deployment_metadata(class_names=hp.get("class_names"), num_classes=hp["num_classes"],
+                                       in_channels=hp.get("in_channels", 3), preprocessing=prep,
+                                       multilabel=hp.get("multilabel", False), thresholds=thresholds,
+                                       method=self.method)
         was_training = self.training
         self.eval()
-        files = {"model": folder / "model.pt", "torchscript": folder / "model.torchscript.pt",
-                 "preprocessing": folder / "preprocessing.json"}
-        torch.save({"format": "isnet-system/1", "method": self.method, "hparams": dict(self.hparams),
-                    "state_dict": self.state_dict()}, files["model"])
-        channels = self.hparams.get("in_channels", 3)
-        size = self.hparams.get("image_size", example_size)
-        example = torch.rand(1, channels, size, size, device=next(self.parameters()).device)
-        with torch.no_grad():
-            torch.jit.trace(self.deployed, example, check_trace=False).save(str(files["torchscript"]))
-        write_json(files["preprocessing"], (
-            {"preprocessing": preprocessing or {}, "class_names": list(self.hparams.get("class_names") or []),
-             "multilabel": self.hparams.get("multilabel", False), "method": self.method,
-             "input": "float32 (B, C, H, W), values in [0, 1]"}))
-        self.train(was_training)
-        return files
+        try:
+            return export_network(self.deployed, folder, stem=self.export_stem, metadata=metadata, formats=formats,
+                                  write_model=lambda path: self.write_model_file(path, metadata),
+                                  example_size=example_size)
+        finally:
+            self.train(was_training)
 
 
 class ConfiguredSystem(SystemModule):

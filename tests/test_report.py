@@ -59,3 +59,22 @@ def test_report_blocks_and_escaping(tmp_path):
     assert "&lt;title&gt;" in r.html(tmp_path)
     with pytest.raises(ValueError, match="has 1 cells for 2 columns"):
         r.table(["a", "b"], [["1"]])
+
+
+def test_background_swap_table(tmp_path):
+    results = _results()
+    md = evaluation_report(results, title="T").markdown()
+    assert "Background swap" not in md  # only when some result has it
+    results["standard"]["biased"]["background_swap"] = {
+        "mixed_rand": {"macro_f1": 0.5, "original_macro_f1": 0.875, "flip_rate": 0.25, "n": 40, "skipped": 10},
+        "mixed_next": {"macro_f1": 0.125, "original_macro_f1": 0.9, "flip_rate": 0.75, "n": 36, "skipped": 14}}
+    results["isnet"]["biased"]["background_swap"] = {
+        "mixed_rand": {"macro_f1": None, "original_macro_f1": None, "flip_rate": None, "n": 0, "skipped": 50}}
+    report = evaluation_report(results, title="T")
+    md = report.markdown()
+    assert "## Background swap" in md and "flip rate 0" in md
+    assert "| model | test set | n | macro-F1 original | mixed_rand | mixed_next | flip rate mixed_rand | " in md
+    assert "| standard | biased | 40 / 36 | 0.875 | 0.500 | 0.125 | 0.250 | 0.750 |" in md
+    assert "| isnet | biased | 0 | – | – | – | – | – |" in md  # multi-label or no masks: blanks
+    assert "| standard | deceiving |" not in md.split("## Background swap")[1]
+    assert "<td>40 / 36</td><td>0.875</td>" in report.html(tmp_path)

@@ -205,7 +205,7 @@ def _radiographs(out: Path, prof: Profile, seed: int) -> _Benchmark:
 
 def run_benchmark(out: str | Path, *, profile: str | Profile = "quick", seed: int = 0, progress: bool = True,
                   models: str | Sequence[str] = DEFAULT_MODELS, datasets: str | Sequence[str] = ("digits",),
-                  **overrides: Any) -> dict:
+                  background_swap: bool = True, **overrides: Any) -> dict:
     """Train, evaluate and report the chosen models on the chosen benchmarks.
 
     Args:
@@ -214,6 +214,8 @@ def run_benchmark(out: str | Path, *, profile: str | Profile = "quick", seed: in
             all models on both benchmarks in about 40 minutes), ``long``, or a :class:`Profile`.
         models: names from :data:`ALL_MODELS`, a comma-separated string, or ``"all"``.
         datasets: names from :data:`DATASETS`, a comma-separated string, or ``"all"``.
+        background_swap: test every model on background-swapped test images too
+            (:func:`isnet.evaluation.background_swap_test`).
         overrides: fields of the profile to change (e.g. ``isnet_epochs=40``).
 
     Returns:
@@ -242,7 +244,7 @@ def run_benchmark(out: str | Path, *, profile: str | Profile = "quick", seed: in
     for dataset in datasets:
         bench = (_digits if dataset == "digits" else _radiographs)(out, prof, seed)
         folder = out if len(datasets) == 1 and dataset == "digits" else out / dataset
-        result, section = _run_one(bench, folder, out, names, prof, seed, progress)
+        result, section = _run_one(bench, folder, out, names, prof, seed, progress, background_swap)
         saved["benchmarks"][dataset] = result
         report.extend(section)
     saved["total_seconds"] = time.perf_counter() - started
@@ -257,7 +259,7 @@ def run_benchmark(out: str | Path, *, profile: str | Profile = "quick", seed: in
 
 
 def _run_one(bench: _Benchmark, folder: Path, out: Path, names: list[str], prof: Profile, seed: int,
-             progress: bool) -> tuple[dict, Report]:
+             progress: bool, background_swap: bool = True) -> tuple[dict, Report]:
     """Train and evaluate ``names`` on one benchmark; figures go to ``folder``, runs to ``out/runs``."""
     folder.mkdir(parents=True, exist_ok=True)
     classes = bench.train.classes
@@ -298,12 +300,14 @@ def _run_one(bench: _Benchmark, folder: Path, out: Path, names: list[str], prof:
         explainers[name] = module.explainer()
         if progress:
             print(f"[isnet benchmark] {bench.name}: evaluating {name}", flush=True)
-        results[name] = evaluate(module.deployed, tests, class_names=classes, explainer=explainers[name], seed=seed)
+        results[name] = evaluate(module.deployed, tests, class_names=classes, explainer=explainers[name], seed=seed,
+                                 background_swap=background_swap)
         if name == "pipeline":
             alone = module.without_segmenter
             explainers["pipeline (no segmenter)"] = lrp_explainer(alone, epsilon=module.hparams.epsilon)
             results["pipeline (no segmenter)"] = evaluate(alone, tests, class_names=classes,
-                                                          explainer=explainers["pipeline (no segmenter)"], seed=seed)
+                                                          explainer=explainers["pipeline (no segmenter)"], seed=seed,
+                                                          background_swap=background_swap)
 
     drops = {
         name: {f"{bench.drop_from}_to_{t}": r[bench.drop_from]["macro_f1"] - r[t]["macro_f1"] for t in bench.drop_to}

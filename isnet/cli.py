@@ -114,7 +114,8 @@ def _benchmark(args: argparse.Namespace) -> int:
         overrides["warm_start"] = tuple(n.strip() for n in names if n.strip())
     datasets = args.datasets or ("all" if args.models == "all" else "digits")
     report = run_benchmark(args.out, profile=args.profile, seed=args.seed, progress=not args.quiet,
-                           models=args.models, datasets=datasets, **overrides)
+                           models=args.models, datasets=datasets, background_swap=not args.no_background_swap,
+                           **overrides)
     print((Path(args.out) / "report.md").read_text())
     print(f"wrote {Path(args.out) / 'report.md'}, report.html, report.json and figures "
           f"in {report['total_seconds']:.0f} s")
@@ -209,7 +210,8 @@ def _test(args: argparse.Namespace) -> int:
             print(f"testing {name}", flush=True)
         results[name] = evaluate(module.deployed, data.test_sets, class_names=data.classes, multilabel=data.multilabel,
                                  thresholds=thresholds.get(name), explainer=explainers[name],
-                                 batch_size=data.batch_size, progress=not args.quiet, seed=cfg["seed_everything"])
+                                 batch_size=data.batch_size, progress=not args.quiet, seed=cfg["seed_everything"],
+                                 background_swap=not args.no_background_swap)
     out = Path(args.out or Path(cfg["out"]) / "test")
     out.mkdir(parents=True, exist_ok=True)
     saved = {"checkpoints": {n: str(p) for n, p in checkpoints.items()}, "models": results}
@@ -322,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--splits", nargs="*", help="test splits (default: all but train and val)")
     p.add_argument("--no-heatmaps", action="store_true",
                    help="skip the LRP heatmaps (background-attention metrics and heatmap figures)")
+    p.add_argument("--no-background-swap", action="store_true",
+                   help="skip the background-swap test (each test image's foreground on other test images' "
+                   "backgrounds: macro-F1 and flip rates)")
     p.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument("--out", help="output folder (default: <out>/test)")
     p.add_argument("--quiet", action="store_true")
@@ -388,6 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "rrr, isnet_gi, vit) or 'all' (then on both benchmarks unless --datasets says otherwise)")
     p.add_argument("--datasets", help="comma-separated built-in benchmarks: digits, radiographs, or 'all' "
                                       "(default: digits; all with --models all)")
+    p.add_argument("--no-background-swap", action="store_true",
+                   help="skip the background-swap test of every model and test set")
     p.set_defaults(run=_benchmark)
 
     p = sub.add_parser("demo", help="train a small CNN on MNIST digits and render its heatmaps")

@@ -5,7 +5,8 @@ The statistics themselves are pure functions in :mod:`isnet.metrics`; this modul
 feeds them: it runs a model over a dataset (items as produced by
 :class:`~isnet.data.MaskedImageDataset`: ``image``, ``mask``, ``label``), keeps its
 outputs, and explains each decision with LRP to measure how much relevance falls in
-the background.
+the background, and swaps backgrounds between test images to see whether decisions
+follow them (:func:`background_swap_test`).
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
+from scipy.special import expit, softmax
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from . import defaults
 from .metrics import attention_metrics, attention_summary, best_thresholds, evaluate_scores
+from .metrics.classification import multilabel_metrics, single_label_metrics
 
 Explainer = Callable[[Tensor], tuple[Tensor, Tensor]]
 """``images (B, C, H, W) -> (logits (B, K), heatmaps (B, K, C, H, W))``."""
@@ -129,7 +132,8 @@ def validation_thresholds(model: nn.Module, dataset: Dataset, *, batch_size: int
 
 def evaluate(model: nn.Module, test_sets: Mapping[str, Dataset], *, class_names: Sequence[str],
              multilabel: bool = False, thresholds: np.ndarray | None = None, explainer: Explainer | None = None,
-             batch_size: int = 64, progress: bool = False, **stats: Any) -> dict[str, dict]:
+             batch_size: int = 64, progress: bool = False, background_swap: bool = True,
+             **stats: Any) -> dict[str, dict]:
     """All statistics of ``model`` on every test set.
 
     Args:
@@ -137,12 +141,14 @@ def evaluate(model: nn.Module, test_sets: Mapping[str, Dataset], *, class_names:
         thresholds: multi-label decision thresholds (see :func:`validation_thresholds`).
         explainer: heatmaps for the background-attention metrics (e.g. :func:`lrp_explainer`);
             ``None`` skips them.
+        background_swap: add the background-swap test (:func:`background_swap_test`, donors
+            drawn with ``stats["seed"]``, default 0).
         stats: passed to :func:`isnet.metrics.evaluate_scores` (``prior``, ``draws``, ``seed``,
             ``confidence``).
 
     Returns:
         ``{test_set: metrics}`` with the keys of :func:`isnet.metrics.evaluate_scores`, plus
-        ``attention`` when an explainer is given.
+        ``attention`` when an explainer is given and ``background_swap`` unless switched off.
     """
     from tqdm import tqdm
 
@@ -153,8 +159,78 @@ def evaluate(model: nn.Module, test_sets: Mapping[str, Dataset], *, class_names:
                                   thresholds=thresholds, **stats)
         if out.attention is not None:
             metrics["attention"] = attention_summary(out.attention)
+        if background_swap:
+            metrics["background_swap"] = background_swap_test(
+                model, dataset, out.scores, num_classes=len(class_names), multilabel=multilabel,
+                thresholds=thresholds, seed=stats.get("seed", 0), batch_size=batch_size)
         results[name] = metrics
     return results
+
+
+def _decisions(scores: np.ndarray, multilabel: bool, thresholds: np.ndarray | None) -> np.ndarray:
+    """Decisions as :func:`isnet.metrics.evaluate_scores` takes them: ``(N,)`` highest-scoring
+    class, or ``(N, K)`` 0/1 with ``sigmoid(score) >= threshold`` (default 0.5)."""
+    s = np.asarray(scores, dtype=np.float64)
+    if not multilabel:
+        return softmax(s, axis=1).argmax(1)
+    t = np.full(s.shape[1], 0.5) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+    return (expit(s) >= t).astype(int)
+
+
+def _macro_f1(y: np.ndarray, decisions: np.ndarray, num_classes: int, multilabel: bool) -> float:
+    if multilabel:
+        return multilabel_metrics(y, decisions)["macro_f1"]
+    return single_label_metrics(y, decisions, num_classes)["macro_f1"]
+
+
+def background_swap_test(model: nn.Module, dataset: Dataset, scores: np.ndarray, *, num_classes: int,
+                         multilabel: bool = False, thresholds: np.ndarray | None = None, seed: int = 0,
+                         batch_size: int = 64, sigma: float | None = None) -> dict[str, dict]:
+    """Macro-F1 and flip rate of ``model`` on test images whose background is another image's.
+
+    Each usable image of ``dataset`` (a mask with foreground and background) keeps its
+    foreground over the background of a donor from the same dataset (see
+    :mod:`isnet.data.swap`): ``mixed_rand`` a random other image, ``mixed_next`` one of the
+    next class (single-label tasks only).
+
+    Args:
+        dataset: items ``{"image", "mask", "label"}``, read twice more (no random augmentation).
+        scores: ``(N, K)`` the model's logits on the original images of ``dataset``, in order
+            (:attr:`Outputs.scores`).
+        thresholds: multi-label decision thresholds (default 0.5 on probabilities).
+        seed: seed of the donor draws.
+        sigma: blur inside a donor's filled-in foreground, pixels (default
+            :data:`isnet.data.swap.FILL_SIGMA`).
+
+    Returns:
+        ``{variant: {"macro_f1", "original_macro_f1", "flip_rate", "n", "skipped"}}``:
+        macro-F1 on the swapped images and on the same images unswapped, the share of
+        those images whose decision changed (multi-label: any label's decision), the number
+        of images used and of those left out (no mask, a mask without background, or no
+        donor).  With ``n = 0`` the three rates are ``None``.
+    """
+    from .data.swap import FILL_SIGMA, SwappedBackgrounds, swap_plan  # the data package loads Lightning
+
+    scores = np.asarray(scores)
+    if scores.shape[0] != len(dataset):
+        raise ValueError(f"scores have {scores.shape[0]} rows for a dataset of {len(dataset)} items")
+    plan = swap_plan(dataset, num_classes=num_classes, multilabel=multilabel, seed=seed)
+    result = {}
+    for variant, (recipients, donors) in plan.pairs.items():
+        entry: dict[str, Any] = {"macro_f1": None, "original_macro_f1": None, "flip_rate": None,
+                                 "n": int(len(recipients)), "skipped": plan.skipped(variant)}
+        if len(recipients):
+            swapped = SwappedBackgrounds(dataset, recipients, donors, sigma=FILL_SIGMA if sigma is None else sigma)
+            out = collect_outputs(model, swapped, multilabel=multilabel, batch_size=batch_size)
+            before = _decisions(scores[recipients], multilabel, thresholds)
+            after = _decisions(out.scores, multilabel, thresholds)
+            y = out.labels.astype(int)
+            changed = (before != after).any(axis=1) if multilabel else before != after
+            entry.update(macro_f1=_macro_f1(y, after, num_classes, multilabel),
+                         original_macro_f1=_macro_f1(y, before, num_classes, multilabel),
+                         flip_rate=float(changed.mean()))
+        result[variant] = entry
+    return result
 
 
 def _first_class(y: Tensor, multilabel: bool) -> int | None:

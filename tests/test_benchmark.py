@@ -36,6 +36,13 @@ def test_benchmark_writes_reports(tmp_path):
         for m in tests.values():
             assert m["attention"]["background_share"]["n"] == 27
             assert 0.0 <= m["attention"]["mass_accuracy"]["mean"] <= 1.0
+    for name, tests in saved["models"].items():
+        for test, m in tests.items():
+            swap = m["background_swap"]
+            assert (swap["mixed_rand"]["n"], swap["mixed_next"]["n"]) == (27, 27)
+            assert swap["mixed_next"]["original_macro_f1"] == pytest.approx(m["macro_f1"])
+            assert 0.0 <= swap["mixed_next"]["flip_rate"] <= 1.0
+            assert f"| {name} | {test} | 27 | {m['macro_f1']:.3f} | {swap['mixed_rand']['macro_f1']:.3f} |" in text
     assert json.loads((tmp_path / "metrics.json").read_text())["digits"] == saved["models"]
     assert "data:image/png;base64," in (tmp_path / "report.html").read_text()
     for name in ("heatmaps_biased.png", "heatmaps_standard.png", "training_curves.png"):
@@ -136,3 +143,18 @@ def test_c1_c2_set_by_hand_replace_the_estimate(tmp_path):
     report = run_benchmark(tmp_path, profile=TINY, progress=False, models="isnet", C1=0.5, C2=7.0)
     assert (report["C1"], report["C2"]) == (0.5, 7.0)
     assert "C1 = 0.5, C2 = 7" in (tmp_path / "report.md").read_text()
+
+
+def test_cli_benchmark_can_skip_the_background_swap(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake(out, **kwargs):
+        seen.update(kwargs)
+        (tmp_path / "report.md").write_text("report")
+        return {"total_seconds": 0.0}
+
+    monkeypatch.setattr("isnet.benchmark.run_benchmark", fake)
+    assert main(["benchmark", "--out", str(tmp_path), "--quiet"]) == 0
+    assert seen["background_swap"] is True
+    assert main(["benchmark", "--out", str(tmp_path), "--quiet", "--no-background-swap"]) == 0
+    assert seen["background_swap"] is False

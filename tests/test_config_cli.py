@@ -77,8 +77,10 @@ def test_fit_test_export_round_trip(tmp_path):
         assert r["n"] == 18 and sum(map(sum, r["confusion_matrix"])) == 18
         assert r["bayesian"]["macro"]["f1"]["hdi"][0] <= r["bayesian"]["macro"]["f1"]["hdi"][1]
         assert r["attention"]["background_share"]["n"] == 18
+        assert (r["background_swap"]["mixed_rand"]["n"], r["background_swap"]["mixed_next"]["n"]) == (18, 18)
     html = (run / "test" / "report.html").read_text()
     assert "data:image/png;base64," in html and "Table 4" in html and "http" not in html
+    assert "Background swap" in html and "flip rate mixed_next" in html
     assert (run / "test" / "heatmaps_test_deceiving.png").exists() and (run / "test" / "training_curves.png").exists()
     assert main(["export", "--checkpoint", str(checkpoints[0]), "--out", str(tmp_path / "exp"), "--size", "32"]) == 0
     second = ["fit", "--config", str(config), "--quiet", "--set", f"out={tmp_path / 'run2'}", "trainer.max_epochs=1",
@@ -128,6 +130,8 @@ def test_multilabel_fit_and_test_compare_two_checkpoints(tmp_path):
     m = saved["models"]["isnet"]["test"]
     assert m["task"] == "multi-label" and m["thresholds"] == saved["thresholds"]["isnet"]
     assert m["attention"]["background_share"]["n"] == 3 and m["attention"]["background_share"]["skipped"] == 3
+    assert list(m["background_swap"]) == ["mixed_rand"]  # no "next class" for several labels
+    assert (m["background_swap"]["mixed_rand"]["n"], m["background_swap"]["mixed_rand"]["skipped"]) == (3, 3)
     md = (tmp_path / "report" / "report.md").read_text()
     assert "Wilson" in md and "| isnet | cheeks |" in md and "| standard | smile |" in md
     assert main(["test", "--config", str(config), "--checkpoint", str(a), str(a), "--quiet"]) == 2
@@ -157,9 +161,11 @@ def test_fit_any_method_then_test_and_export(tmp_path):
     assert main(["fit", "--config", str(config), "--quiet"]) == 0
     vit_ckpt = next((tmp_path / "vit" / "checkpoints").glob("*.ckpt"))
     assert main(["test", "--config", str(config), "--checkpoint", f"rrr={ckpt}", f"vit={vit_ckpt}", "--quiet",
-                 "--out", str(tmp_path / "cmp")]) == 0
+                 "--out", str(tmp_path / "cmp"), "--no-background-swap"]) == 0
     saved = json.loads((tmp_path / "cmp" / "metrics.json").read_text())["models"]
     assert set(saved) == {"rrr", "vit"} and saved["vit"]["test/deceiving"]["attention"]["background_share"]["n"] == 12
+    assert not any("background_swap" in m for tests in saved.values() for m in tests.values())
+    assert "Background swap" not in (tmp_path / "cmp" / "report.md").read_text()
     deployed = load_exported(tmp_path / "vit" / "export" / "model.pt")
     program = torch.export.load(tmp_path / "vit" / "export" / "model.pt2").module()
     x = torch.rand(2, 3, 32, 32)

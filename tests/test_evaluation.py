@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from isnet.evaluation import (
+    background_swap_test,
     collect_outputs,
     evaluate,
     example_heatmaps,
@@ -14,6 +15,8 @@ from isnet.evaluation import (
     pick_examples,
     validation_thresholds,
 )
+from isnet.data.swap import swap_plan
+from tests.data.test_swap import border_model, centre_model, coloured_set
 
 
 class Items(torch.utils.data.Dataset):
@@ -141,3 +144,59 @@ def test_evaluation_runs_on_the_models_device():
     assert seen == [torch.device("meta")] * 2
     # full masks: no background, so no background relevance
     assert results["test"]["attention"]["background_share"]["mean"] == pytest.approx(0.0)
+
+
+def test_a_model_that_reads_only_the_background_flips_on_mixed_next():
+    data = coloured_set(per_class=4)
+    model = border_model()
+    out = evaluate(model, {"t": data}, class_names=["a", "b", "c"], batch_size=5)["t"]
+    swap = out["background_swap"]
+    assert set(swap) == {"mixed_rand", "mixed_next"}
+    nxt = swap["mixed_next"]
+    assert nxt["flip_rate"] >= 0.5 and (nxt["n"], nxt["skipped"]) == (12, 0)
+    # the border comes from an image of the next class, so every decision moves to it
+    assert nxt["flip_rate"] == 1.0 and nxt["macro_f1"] == 0.0
+    assert nxt["original_macro_f1"] == out["macro_f1"] == 1.0
+    # mixed_rand: a decision flips exactly when the donor is of another class
+    recipients, donors = swap_plan(data, num_classes=3, seed=0).pairs["mixed_rand"]
+    other = (data.labels[donors] != data.labels[recipients]).double().mean().item()
+    assert 0 < other < 1 and swap["mixed_rand"]["flip_rate"] == pytest.approx(other, abs=1e-12)
+
+
+def test_a_model_that_reads_only_the_foreground_never_flips():
+    data = coloured_set(per_class=4)
+    out = evaluate(centre_model(), {"t": data}, class_names=["a", "b", "c"], batch_size=5)["t"]
+    for variant in ("mixed_rand", "mixed_next"):
+        s = out["background_swap"][variant]
+        assert s["flip_rate"] == 0.0 and s["macro_f1"] == s["original_macro_f1"] == 1.0 and s["n"] == 12
+
+
+def test_background_swap_counts_images_without_masks_and_can_be_switched_off():
+    data = coloured_set(per_class=2)
+    data.masks[1] = torch.zeros(1, 16, 16)
+    swap = evaluate(border_model(), {"t": data}, class_names=["a", "b", "c"])["t"]["background_swap"]
+    # image 1 (class 1) has no mask, image 4 (class 1) is the only class-1 donor left for class-0 images
+    assert (swap["mixed_rand"]["n"], swap["mixed_rand"]["skipped"]) == (5, 1)
+    assert (swap["mixed_next"]["n"], swap["mixed_next"]["skipped"]) == (5, 1)
+    off = evaluate(border_model(), {"t": data}, class_names=["a", "b", "c"], background_swap=False)["t"]
+    assert "background_swap" not in off
+    with pytest.raises(ValueError, match="scores have 3 rows for a dataset of 6 items"):
+        background_swap_test(border_model(), data, np.zeros((3, 3)), num_classes=3)
+
+
+def test_background_swap_of_multilabel_tasks_uses_random_donors_only():
+    data = coloured_set(per_class=2)
+    data.labels = torch.nn.functional.one_hot(data.labels, 3).float()
+    model = border_model()
+    scores = model(torch.stack(data.images)).detach().numpy()
+    swap = background_swap_test(model, data, scores, num_classes=3, multilabel=True, thresholds=np.full(3, 0.99))
+    assert list(swap) == ["mixed_rand"] and swap["mixed_rand"]["n"] == 6
+    # a label is called when 10 x its channel's border mean passes logit(0.99) = 4.6: the bright channel only
+    assert swap["mixed_rand"]["original_macro_f1"] == 1.0
+    recipients, donors = swap_plan(data, num_classes=3, multilabel=True, seed=0).pairs["mixed_rand"]
+    other = (data.labels[donors] != data.labels[recipients]).any(1).double().mean().item()
+    assert swap["mixed_rand"]["flip_rate"] == pytest.approx(other, abs=1e-12)
+    empty = background_swap_test(model, Items(data.images, [torch.ones(1, 16, 16)] * 6, data.labels), scores,
+                                 num_classes=3, multilabel=True)
+    assert empty["mixed_rand"] == {"macro_f1": None, "original_macro_f1": None, "flip_rate": None, "n": 0,
+                                   "skipped": 6}

@@ -71,3 +71,22 @@ def test_an_auc_without_a_variance_is_shown_without_a_std():
     auc = m["auc"]["per_class"][1]
     assert auc["std"] is None and "| isnet | c1 | " in md
     assert f"{auc['auc']:.3f} [0.000, 1.000] |" in md and "nan" not in md
+
+
+def test_background_swap_table(tmp_path):
+    results = _results()
+    md = evaluation_report(results, title="T").markdown()
+    assert "Background swap" not in md  # only when some result has it
+    results["standard"]["biased"]["background_swap"] = {
+        "mixed_rand": {"macro_f1": 0.5, "original_macro_f1": 0.875, "flip_rate": 0.25, "n": 40, "skipped": 10},
+        "mixed_next": {"macro_f1": 0.125, "original_macro_f1": 0.9, "flip_rate": 0.75, "n": 36, "skipped": 14}}
+    results["isnet"]["biased"]["background_swap"] = {
+        "mixed_rand": {"macro_f1": None, "original_macro_f1": None, "flip_rate": None, "n": 0, "skipped": 50}}
+    report = evaluation_report(results, title="T")
+    md = report.markdown()
+    assert "## Background swap" in md and "flip rate 0" in md
+    assert "| model | test set | n | macro-F1 original | mixed_rand | mixed_next | flip rate mixed_rand | " in md
+    assert "| standard | biased | 40 / 36 | 0.875 | 0.500 | 0.125 | 0.250 | 0.750 |" in md
+    assert "| isnet | biased | 0 | – | – | – | – | – |" in md  # multi-label or no masks: blanks
+    assert "| standard | deceiving |" not in md.split("## Background swap")[1]
+    assert "<td>40 / 36</td><td>0.875</td>" in report.html(tmp_path)

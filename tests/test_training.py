@@ -152,3 +152,82 @@ def test_isnet_trains_with_ddp_on_two_processes(tmp_path):
         losses = [float(row["train/loss"]) for row in csv.DictReader(f) if row.get("train/loss")]
     assert len(losses) == 2 and all(map(math.isfinite, losses))
     assert any(not torch.equal(a, b) for a, b in zip(before, module.parameters()))  # trained weights came back
+
+
+# -- stopping on a non-finite loss or dead relevance ------------------------------------------
+def _train_until_bad(data, tmp_path, monkeypatch, spoil_parts=None, dead_heatmaps=False, epochs=3):
+    """Train an ISNet whose batch 2 of epoch 1 goes bad: ``spoil_parts(parts)`` edits its loss
+    parts, ``dead_heatmaps`` zeroes its heatmaps.  Returns the error and the steps per epoch."""
+    from isnet.model import ISNet
+    from isnet.systems.base import TrainingDivergedError
+    from isnet.training import train
+
+    steps = len(data.train_dataloader())
+    original_losses, original_forward = ISNetModule.losses, ISNet.forward
+    bad = {"now": False}
+
+    def forward(self, x, heatmaps=False, classes=None):
+        out = original_forward(self, x, heatmaps=heatmaps, classes=classes)
+        return (out[0], out[1] * 0) if heatmaps and bad["now"] and dead_heatmaps else out
+
+    def losses(self, batch):
+        bad["now"] = self.training and self.global_step == steps + 2
+        parts, logits = original_losses(self, batch)
+        if bad["now"] and spoil_parts is not None:
+            spoil_parts(parts)
+        return parts, logits
+
+    monkeypatch.setattr(ISNet, "forward", forward)
+    monkeypatch.setattr(ISNetModule, "losses", losses)
+    L.seed_everything(0, verbose=False)
+    module = ISNetModule("small_cnn", 3, P=0.7, arch_kwargs={"width": 8}, lr=0.01, momentum=0.9, C1=0.5, C2=20.0)
+    with pytest.raises(TrainingDivergedError) as caught:
+        train(module, data, tmp_path, max_epochs=epochs, progress=False, accelerator="cpu")
+    return caught.value, steps
+
+
+def _assert_epoch_0_checkpoints_kept(folder):
+    from isnet.systems.registry import load_system
+
+    files = sorted(p.name for p in (folder / "checkpoints").iterdir())
+    assert files == ["best-epoch=0.ckpt", "last.ckpt"]
+    for name in files:
+        saved = torch.load(folder / "checkpoints" / name, map_location="cpu", weights_only=False)
+        assert saved["epoch"] == 0
+        assert all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())
+    module = load_system(folder / "checkpoints" / "last.ckpt")
+    assert torch.isfinite(module.deployed(torch.rand(2, 3, 32, 32))).all()
+
+
+def test_a_nan_loss_part_stops_training_naming_epoch_step_and_part(data, tmp_path, monkeypatch):
+    def spoil(parts):
+        parts["L1"] = parts["L1"] * float("nan")
+        parts["loss"] = parts["loss"] + parts["L1"]
+
+    error, steps = _train_until_bad(data, tmp_path, monkeypatch, spoil_parts=spoil)
+    assert (error.stage, error.epoch, error.global_step, error.batch_idx, error.parts) == ("train", 1, steps + 2, 2, ["L1"])
+    message = str(error)
+    for text in ("epoch 1", f"global step {steps + 2}", "batch 2 of the epoch", "L1 = nan", "best-epoch=0.ckpt, last.ckpt"):
+        assert text in message
+    assert "L_C" not in message
+    _assert_epoch_0_checkpoints_kept(tmp_path)
+
+
+def test_dead_relevance_stops_training(data, tmp_path, monkeypatch):
+    """All heatmaps zero: the heatmap loss stays finite (its normalisations have an epsilon) but
+    no longer steers anything, so the run stops as it would on NaN."""
+    error, steps = _train_until_bad(data, tmp_path, monkeypatch, dead_heatmaps=True)
+    assert (error.epoch, error.global_step, error.batch_idx, error.parts) == (1, steps + 2, 2, ["heatmaps"])
+    assert "relevance died: all 12 x 3 heatmaps of the batch are zero" in str(error)
+    _assert_epoch_0_checkpoints_kept(tmp_path)
+
+
+def test_relevance_check():
+    from isnet.systems.base import RelevanceDiedError, require_relevance
+
+    maps = torch.zeros(2, 3, 1, 4, 4)
+    with pytest.raises(RelevanceDiedError, match="all 2 x 3 heatmaps"):
+        require_relevance(maps)
+    maps[1, 2, 0, 3, 3] = -1e-30
+    require_relevance(maps)  # one non-zero value anywhere: alive
+    require_relevance(torch.full((1, 1, 1, 2, 2), float("nan")))  # NaN is the finite check's business

@@ -153,8 +153,9 @@ class SystemModule(L.LightningModule):
             raise self._diverged(stage, batch_idx, str(error)) from error
         total = parts["loss"]
         if not torch.isfinite(total):
-            bad = {name: float(value) for name, value in parts.items() if name != "loss" and not torch.isfinite(value)}
-            what = ", ".join(f"{name} = {value}" for name, value in bad.items()) or f"the total = {float(total)}"
+            bad = {name: value.detach().item() for name, value in parts.items()
+                   if name != "loss" and not torch.isfinite(value)}
+            what = ", ".join(f"{name} = {value}" for name, value in bad.items()) or f"the total = {total.detach().item()}"
             raise self._diverged(stage, batch_idx, f"loss part(s) not finite: {what}", parts=list(bad) or ["loss"])
         batch_size = batch["image"].shape[0]
         values = dict(parts)

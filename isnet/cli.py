@@ -151,9 +151,15 @@ def _fit(args: argparse.Namespace) -> int:
     trainer = dict(cfg["trainer"])
     max_epochs = trainer.pop("max_epochs", 48)
     out = Path(cfg["out"])
+    if args.resume:
+        from .checkpointing import last_checkpoint
+
+        last_checkpoint(out)  # a clear error before anything is written
+        _check_resumed_config(out / "config.yaml", cfg)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    module, best = train(module, data, out, max_epochs=max_epochs, progress=not args.quiet, **trainer)
+    module, best = train(module, data, out, max_epochs=max_epochs, progress=not args.quiet, resume=args.resume,
+                         **trainer)
     from .export import FORMATS
     from .predict import data_preprocessing
 
@@ -166,6 +172,43 @@ def _fit(args: argparse.Namespace) -> int:
             print(f"isnet fit: warning: {error}", file=sys.stderr)
     print(f"best checkpoint: {best}\nexported {method} model: {', '.join(written)}")
     return 0
+
+
+RESUMABLE_CHANGES = (("trainer", "max_epochs"),)
+"""Config keys that may differ when a run is resumed: more (or fewer) epochs."""
+
+
+def _config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two configs (missing keys count as differing)."""
+    differences = []
+    for key in sorted(set(saved) | set(current), key=str):
+        a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            differences += _config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            differences.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return differences
+
+
+def _check_resumed_config(path: Path, cfg: dict) -> None:
+    """Refuse to resume a run with another configuration than the one it started with.
+
+    Every key must match the saved ``config.yaml`` except ``trainer.max_epochs``.  Paths
+    are compared as written, so give the same ``--config`` and ``--set`` values again.
+    """
+    import yaml
+
+    if not path.is_file():
+        raise ValueError(f"cannot resume: {path} is missing, so the run's configuration is unknown")
+    saved = yaml.safe_load(path.read_text()) or {}
+    current = yaml.safe_load(yaml.safe_dump(cfg, sort_keys=False))  # the form it is saved in
+    for section, key in RESUMABLE_CHANGES:
+        saved.get(section, {}).pop(key, None)
+        current.get(section, {}).pop(key, None)
+    differences = _config_differences(saved, current)
+    if differences:
+        raise ValueError(f"cannot resume {path.parent}: the configuration differs from the saved {path} in "
+                         f"{'; '.join(differences)} (only trainer.max_epochs may change)")
 
 
 def _named_checkpoints(specs: Sequence[str]) -> dict[str, Path]:
@@ -314,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "multitask, sononet, gain, rrr, isnet_gi, vit, ham")
     p.add_argument("--estimate-c-from", metavar="CHECKPOINT",
                    help="set C1, C2 from the heatmaps of this standard classifier on the val split (Appendix F.3)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from <out>/checkpoints/last.ckpt (weights, optimiser, schedule, epoch, random state); "
+                        "the config must match <out>/config.yaml except trainer.max_epochs")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=_fit)
 
@@ -411,9 +457,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     keep_freed_memory()  # the command owns its process: reuse freed blocks across training steps
     try:
         return args.run(args)
-    except (ValueError, TypeError, ExportError) as error:
+    except (ValueError, TypeError, ExportError, FileNotFoundError) as error:
         print(f"isnet {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except FloatingPointError as error:  # training diverged (non-finite loss, dead relevance)
+        print(f"isnet {args.command}: error: {error}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

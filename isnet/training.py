@@ -8,6 +8,7 @@ the same data, optimiser and logging.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,10 +18,9 @@ from torch import Tensor, nn
 
 from . import defaults
 from .backbones import build_backbone, save_model
-from .jsonio import write_json
 from .loss import ISNetLoss
 from .model import ISNet
-from .systems.base import SystemModule, check_optimisation
+from .systems.base import SystemModule, TrainingDivergedError, check_optimisation, require_relevance
 
 
 class ISNetModule(SystemModule):
@@ -110,6 +110,7 @@ class ISNetModule(SystemModule):
         images, masks, labels = self._layout(batch["image"]), batch["mask"], batch["label"]
         if self.uses_heatmaps:
             logits, heatmaps = self.net(images, heatmaps=True)
+            require_relevance(heatmaps)
         else:
             logits, heatmaps = self.net(images), None
         out = self.criterion(logits, labels, heatmaps, masks if heatmaps is not None else None)
@@ -187,6 +188,8 @@ def train(
     accelerator: str = "auto",
     devices: int | str = "auto",
     heatmap_images: int = 2,
+    resume: bool = False,
+    ckpt_path: str | Path | None = None,
     **trainer_kwargs: Any,
 ) -> tuple[SystemModule, Path | None]:
     """Fit ``module`` (an ISNet or any other system) and return it with the weights of its
@@ -195,18 +198,31 @@ def train(
     Logs go to ``folder/logs``: ``metrics.csv`` and TensorBoard event files (the same loss
     parts, plus after every validation epoch the heatmaps of the first ``heatmap_images``
     validation images of each class, see :class:`isnet.callbacks.HeatmapImages`; 0: none).
-    The best checkpoint goes to ``folder/checkpoints``.
-    Gradient norms are clipped to 1 (Appendix F.2).  Work a system needs before its own
-    training (``module.before_fit``, e.g. a pipeline's segmenter) runs first, with the
-    same options.
+    The best checkpoint (``best-epoch=N.ckpt``) and ``last.ckpt`` (written at the end of
+    every epoch) go to ``folder/checkpoints``; both are written atomically
+    (:class:`isnet.checkpointing.AtomicCheckpointIO`) and carry the random state
+    (:class:`isnet.checkpointing.RandomState`).  Gradient norms are clipped to 1 (Appendix
+    F.2).  Work a system needs before its own training (``module.before_fit``, e.g. a
+    pipeline's segmenter) runs first, with the same options.
+
+    A loss part that becomes non-finite, or heatmaps that are all zero, stop the run with
+    a :class:`~isnet.systems.base.TrainingDivergedError` naming the epoch, step and
+    parts; the checkpoints of the earlier epochs stay as they were.
+
+    Args:
+        heatmap_images: validation images per class whose heatmaps go to TensorBoard.
+        resume: continue from ``folder/checkpoints/last.ckpt`` (FileNotFoundError when
+            absent): weights, optimiser, learning-rate schedule, epoch and random state.
+        ckpt_path: continue from this checkpoint instead.
 
     Returns:
         ``(module, best checkpoint path)``.
     """
-    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from lightning.pytorch.plugins.io import CheckpointIO
 
     from .callbacks import HeatmapImages
+    from .checkpointing import AtomicCheckpointIO, RandomState, epoch_checkpoints, last_checkpoint
 
     import logging
     import warnings
@@ -219,16 +235,30 @@ def train(
     if not isinstance(heatmap_images, int) or heatmap_images < 0:
         raise ValueError(f"heatmap_images must be a whole number >= 0, got {heatmap_images!r}")
     folder = Path(folder)
+    if resume and ckpt_path is not None:
+        raise ValueError("give either resume=True or ckpt_path, not both")
+    if resume:
+        ckpt_path = last_checkpoint(folder)
+    elif ckpt_path is not None and not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"cannot resume: no checkpoint {ckpt_path}")
+    plugins = trainer_kwargs.pop("plugins", None)
+    plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+        plugins.append(AtomicCheckpointIO())
     options = dict(progress=progress, deterministic=deterministic, precision=precision, accelerator=accelerator,
                    devices=devices, **trainer_kwargs)
+    if ckpt_path is not None:
+        # The weights first, so that work done before training (a pipeline's trained
+        # segmenter and threshold) is taken from the checkpoint rather than redone.
+        module.load_state_dict(torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"])
     module.before_fit(datamodule, folder, **options)
-    checkpoint = ModelCheckpoint(dirpath=folder / "checkpoints", filename="best-{epoch}", monitor="val/loss",
-                                 mode="min", save_top_k=1)
+    checkpoint, last = epoch_checkpoints(folder / "checkpoints", monitor="val/loss", mode="min")
     trainer = L.Trainer(
         max_epochs=max_epochs,
         gradient_clip_val=defaults.GRADIENT_CLIP_NORM,
         gradient_clip_algorithm="norm",
-        callbacks=[checkpoint] + ([HeatmapImages(heatmap_images)] if heatmap_images else []),
+        callbacks=[checkpoint, last, RandomState()] + ([HeatmapImages(heatmap_images)] if heatmap_images else []),
+        plugins=plugins,
         # CSV first: it checks for an empty folder before the event file arrives
         logger=[CSVLogger(folder, name="logs", version=""),
                 TensorBoardLogger(folder, name="logs", version="", default_hp_metric=False)],
@@ -242,7 +272,15 @@ def train(
         **({"precision": precision} if precision else {}),
         **trainer_kwargs,
     )
-    trainer.fit(module, datamodule)
+    try:
+        resume_from: dict[str, Any] = {"ckpt_path": ckpt_path}
+        if ckpt_path is not None and "weights_only" in inspect.signature(trainer.fit).parameters:
+            resume_from["weights_only"] = False  # our own checkpoint: hyper-parameters and random state too
+        trainer.fit(module, datamodule, **resume_from)
+    except TrainingDivergedError as error:
+        kept = sorted(p.name for p in (folder / "checkpoints").glob("*.ckpt"))
+        raise error.with_note(f". Checkpoints of earlier epochs kept in {folder / 'checkpoints'}: "
+                              f"{', '.join(kept) or 'none (it diverged in the first epoch)'}") from error
     best = checkpoint.best_model_path
     if best:
         state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]

@@ -63,8 +63,8 @@ def test_fit_test_export_round_trip(tmp_path):
     config.write_text(yaml.safe_dump(cfg))
     assert main(["fit", "--config", str(config), "--quiet", "--set", "trainer.max_epochs=2"]) == 0
     run = tmp_path / "run"
-    checkpoints = list((run / "checkpoints").glob("*.ckpt"))
-    assert len(checkpoints) == 1
+    checkpoints = list((run / "checkpoints").glob("best-*.ckpt"))
+    assert len(checkpoints) == 1 and (run / "checkpoints" / "last.ckpt").is_file()
     assert {f.name for f in (run / "export").iterdir()} == {"backbone.pt", "backbone.onnx", "backbone.pt2",
                                                           "preprocessing.json"}
     metrics = (run / "logs" / "metrics.csv").read_text().splitlines()[0]
@@ -122,7 +122,7 @@ def test_multilabel_fit_and_test_compare_two_checkpoints(tmp_path):
     config.write_text(yaml.safe_dump(cfg))
     assert main(["fit", "--config", str(config), "--quiet"]) == 0
     assert main(["fit", "--config", str(config), "--quiet", "--set", f"out={tmp_path / 'b'}", "model.P=0"]) == 0
-    a, b = (next((tmp_path / n / "checkpoints").glob("*.ckpt")) for n in "ab")
+    a, b = (next((tmp_path / n / "checkpoints").glob("best-*.ckpt")) for n in "ab")
     assert main(["test", "--config", str(config), "--checkpoint", f"isnet={a}", f"standard={b}", "--quiet",
                  "--out", str(tmp_path / "report")]) == 0
     saved = json.loads((tmp_path / "report" / "metrics.json").read_text())
@@ -150,7 +150,7 @@ def test_fit_any_method_then_test_and_export(tmp_path):
     config = tmp_path / "rrr.yaml"
     config.write_text(yaml.safe_dump(cfg))
     assert main(["fit", "--config", str(config), "--quiet"]) == 0
-    ckpt = next((tmp_path / "rrr" / "checkpoints").glob("*.ckpt"))
+    ckpt = next((tmp_path / "rrr" / "checkpoints").glob("best-*.ckpt"))
     metrics = (tmp_path / "rrr" / "logs" / "metrics.csv").read_text().splitlines()[0]
     assert "train/L_RR" in metrics and "val/L_RR" in metrics
     # the same config, another method from the command line
@@ -159,7 +159,7 @@ def test_fit_any_method_then_test_and_export(tmp_path):
     vit = dict(cfg, out=str(tmp_path / "vit"), model={"method": "vit", "vit_kwargs": {"patch_size": 8}})
     config.write_text(yaml.safe_dump(vit))
     assert main(["fit", "--config", str(config), "--quiet"]) == 0
-    vit_ckpt = next((tmp_path / "vit" / "checkpoints").glob("*.ckpt"))
+    vit_ckpt = next((tmp_path / "vit" / "checkpoints").glob("best-*.ckpt"))
     assert main(["test", "--config", str(config), "--checkpoint", f"rrr={ckpt}", f"vit={vit_ckpt}", "--quiet",
                  "--out", str(tmp_path / "cmp"), "--no-background-swap"]) == 0
     saved = json.loads((tmp_path / "cmp" / "metrics.json").read_text())["models"]
@@ -187,3 +187,31 @@ def test_method_settings_are_validated(tmp_path):
 def test_config_accepts_the_heatmap_images_option():
     cfg = load_config(None, ["data.root=somewhere", "trainer.heatmap_images=0"])
     assert cfg["trainer"]["heatmap_images"] == 0
+
+
+def test_fit_reports_a_diverged_run(tmp_path, monkeypatch, capsys):
+    """A non-finite loss stops `isnet fit` with a clear error (exit code 3), not a traceback."""
+    from isnet.training import ISNetModule
+
+    root = generate_digits_on_textures(tmp_path / "data", per_class=(8, 4, 4), size=32)
+    original = ISNetModule.losses
+
+    def losses(self, batch):
+        parts, logits = original(self, batch)
+        if self.training and self.current_epoch == 1:
+            parts["L_C"] = parts["L_C"] + float("inf")
+            parts["loss"] = parts["loss"] + parts["L_C"]
+        return parts, logits
+
+    monkeypatch.setattr(ISNetModule, "losses", losses)
+    cfg = {"out": str(tmp_path / "run"),
+           "model": {"backbone": "small_cnn", "arch_kwargs": {"width": 4}, "P": 0.5, "C1": 0.1, "C2": 50.0},
+           "data": {"root": str(root), "size": 32, "augment": False, "batch_size": 12}, "trainer": {"max_epochs": 3}}
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    assert main(["fit", "--config", str(config), "--quiet"]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("isnet fit: error: training of isnet stopped at epoch 1, global step 2, train batch 0 "
+                          "of the epoch: loss part(s) not finite: L_C = inf")
+    assert "L_C = inf" in err and "last.ckpt" in err and "Traceback" not in err
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 0

@@ -1,4 +1,4 @@
-"""The training module: both kinds of classifier learn, heatmaps only when P > 0, export, C1/C2."""
+"""The training module: both kinds of classifier learn, heatmaps only when P > 0, export, C1/C2, stopping on NaN."""
 
 import csv
 import json
@@ -204,3 +204,72 @@ def test_ddp_validation_metrics_are_those_of_the_whole_validation_set(tmp_path):
     events = EventAccumulator(str(tmp_path / "run" / "logs"), size_guidance={"images": 0}).Reload()
     assert sorted(events.Tags()["images"]) == [f"val_heatmaps/{c}_0" for c in "abc"]
     assert all(len(events.Images(tag)) == 1 for tag in events.Tags()["images"])
+
+
+# -- stopping on a non-finite loss or dead relevance ------------------------------------------
+def _train_until_bad(data, tmp_path, monkeypatch, spoil_parts=None, dead_heatmaps=False, epochs=3):
+    """Train an ISNet whose batch 2 of epoch 1 goes bad: ``spoil_parts(parts)`` edits its loss
+    parts, ``dead_heatmaps`` zeroes its heatmaps.  Returns the error and the steps per epoch."""
+    from isnet.model import ISNet
+    from isnet.systems.base import TrainingDivergedError
+    from isnet.training import train
+
+    steps = len(data.train_dataloader())
+    original_losses, original_forward = ISNetModule.losses, ISNet.forward
+    bad = {"now": False}
+
+    def forward(self, x, heatmaps=False, classes=None):
+        out = original_forward(self, x, heatmaps=heatmaps, classes=classes)
+        return (out[0], out[1] * 0) if heatmaps and bad["now"] and dead_heatmaps else out
+
+    def losses(self, batch):
+        bad["now"] = self.training and self.global_step == steps + 2
+        parts, logits = original_losses(self, batch)
+        if bad["now"] and spoil_parts is not None:
+            spoil_parts(parts)
+        return parts, logits
+
+    monkeypatch.setattr(ISNet, "forward", forward)
+    monkeypatch.setattr(ISNetModule, "losses", losses)
+    L.seed_everything(0, verbose=False)
+    module = ISNetModule("small_cnn", 3, P=0.7, arch_kwargs={"width": 8}, lr=0.01, momentum=0.9, C1=0.5, C2=20.0)
+    with pytest.raises(TrainingDivergedError) as caught:
+        train(module, data, tmp_path, max_epochs=epochs, progress=False, accelerator="cpu")
+    return caught.value, steps
+
+
+def _assert_epoch_0_checkpoints_kept(folder):
+    from isnet.systems.registry import load_system
+
+    files = sorted(p.name for p in (folder / "checkpoints").iterdir())
+    assert files == ["best-epoch=0.ckpt", "last.ckpt"]
+    for name in files:
+        saved = torch.load(folder / "checkpoints" / name, map_location="cpu", weights_only=False)
+        assert saved["epoch"] == 0
+        assert all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())
+    module = load_system(folder / "checkpoints" / "last.ckpt")
+    assert torch.isfinite(module.deployed(torch.rand(2, 3, 32, 32))).all()
+
+
+def test_a_nan_loss_part_stops_training_naming_epoch_step_and_part(data, tmp_path, monkeypatch):
+    def spoil(parts):
+        parts["L1"] = parts["L1"] * float("nan")
+        parts["loss"] = parts["loss"] + parts["L1"]
+
+    error, steps = _train_until_bad(data, tmp_path, monkeypatch, spoil_parts=spoil)
+    assert (error.stage, error.epoch, error.global_step, error.batch_idx, error.parts) == ("train", 1, steps + 2, 2, ["L1"])
+    message = str(error)
+    for text in ("epoch 1", f"global step {steps + 2}", "batch 2 of the epoch", "L1 = nan", "best-epoch=0.ckpt, last.ckpt"):
+        assert text in message
+    assert "L_C" not in message
+    _assert_epoch_0_checkpoints_kept(tmp_path)
+
+
+def test_dead_relevance_stops_training(data, tmp_path, monkeypatch):
+    """All heatmaps zero: the heatmap loss stays finite (its normalisations have an epsilon) but
+    no longer steers anything, so the run stops as it would on NaN."""
+    error, steps = _train_until_bad(data, tmp_path, monkeypatch, dead_heatmaps=True)
+    assert (error.epoch, error.global_step, error.batch_idx, error.parts) == (1, steps + 2, 2, ["heatmaps"])
+    assert "relevance died: all 12 x 3 heatmaps of the batch are zero" in str(error)
+    _assert_epoch_0_checkpoints_kept(tmp_path)
+

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import lightning as L
 import torch
@@ -156,6 +156,8 @@ class MaskedImageDataModule(L.LightningDataModule):
         self.cache = cache
         self.seed = seed
         self.rows: list[Row] | None = None
+        self._generators: dict[str, torch.Generator] = {}  # of the latest loader of each stage
+        self._restored: dict[str, Tensor] = {}  # generator states from a checkpoint, for the next loaders
 
     # -- set-up ------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -218,16 +220,31 @@ class MaskedImageDataModule(L.LightningDataModule):
                     self.test_sets[f"{split}/{variant}"] = self._dataset(split, variant, train=False)
 
     # -- loaders -----------------------------------------------------------------------------
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, shuffle: bool, stage: str | None = None) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed)
+        if stage is not None:
+            if stage in self._restored:
+                generator.set_state(self._restored.pop(stage))
+            self._generators[stage] = generator
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
                           generator=generator, persistent_workers=self.num_workers > 0, drop_last=False)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        return self._loader(self.train_set, shuffle=True, stage="train")
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        return self._loader(self.val_set, shuffle=False, stage="val")
+
+    # -- resuming ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The generator states of the latest train and val loaders (shuffling, worker seeds);
+        Lightning stores them in every checkpoint."""
+        return {"generators": {stage: g.get_state() for stage, g in self._generators.items()}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Give the next train and val loaders the generator states of a checkpoint, so a
+        resumed run shuffles (and seeds workers) as the interrupted one would have."""
+        self._restored = dict(state_dict.get("generators", {}))
 
     def test_dataloader(self) -> list[DataLoader]:
         return [self._loader(ds, shuffle=False) for ds in self.test_sets.values()]

@@ -21,7 +21,6 @@ import torch
 from torch import Tensor, nn
 
 from .. import defaults
-from ..jsonio import write_json
 
 Explainer = Callable[[Tensor], tuple[Tensor, Tensor]]
 """``images (B, C, H, W) -> (logits (B, K), heatmaps (B, K, C', H, W))``."""
@@ -56,6 +55,56 @@ def lr_factor(step: int, *, warmup_steps: int, total_steps: int, cosine: bool) -
         return 1.0
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class RelevanceDiedError(FloatingPointError):
+    """Every heatmap of a batch is zero: no relevance reaches the input, and the heatmap
+    loss, which normalises by it, no longer steers the training (the 0/0 case)."""
+
+
+class TrainingDivergedError(FloatingPointError):
+    """Training stopped on a non-finite loss part or on dead relevance.
+
+    Attributes:
+        system: the system's method name (``isnet``, ``standard``, ...).
+        stage: ``train`` or ``val``.
+        epoch: epoch (0-based) in which it happened.
+        global_step: optimiser steps taken before the batch.
+        batch_idx: batch index within the epoch.
+        parts: names of the loss parts that went bad (``L_C``, ``L1``, ...; ``heatmaps``
+            when the relevance died).
+    """
+
+    def __init__(self, problem: str, *, system: str, stage: str, epoch: int | None, global_step: int | None,
+                 batch_idx: int | None, parts: list[str]) -> None:
+        self.system = system
+        self.stage, self.epoch, self.global_step, self.batch_idx = stage, epoch, global_step, batch_idx
+        self.parts = list(parts)
+        self.problem = problem
+        super().__init__(self._message())
+
+    def _message(self, note: str = "") -> str:
+        where = f"epoch {self.epoch}, global step {self.global_step}, {self.stage} batch {self.batch_idx} of the epoch"
+        return (f"training of {self.system} stopped at {where}: {self.problem}; "
+                f"lower the learning rate or check the data{note}")
+
+    def with_note(self, note: str) -> "TrainingDivergedError":
+        """The same error with ``note`` appended to its message (e.g. which checkpoints were kept)."""
+        error = TrainingDivergedError(self.problem, system=self.system, stage=self.stage, epoch=self.epoch,
+                                      global_step=self.global_step, batch_idx=self.batch_idx, parts=self.parts)
+        error.args = (error._message(note),)
+        return error
+
+
+def require_relevance(heatmaps: Tensor) -> None:
+    """Raise :class:`RelevanceDiedError` when every heatmap of the batch is exactly zero.
+
+    Args:
+        heatmaps: ``(B, K, C, H, W)`` (any shape works).
+    """
+    if not torch.any(heatmaps.detach() != 0):
+        raise RelevanceDiedError(f"relevance died: all {heatmaps.shape[0]} x {heatmaps.shape[1]} heatmaps "
+                                 "of the batch are zero")
 
 
 class SystemModule(L.LightningModule):
@@ -98,17 +147,19 @@ class SystemModule(L.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.deployed(x)
 
-    def _step(self, batch: dict, stage: str, weight: int | None = None) -> Tensor:
+    def _step(self, batch: dict, stage: str, batch_idx: int | None = None, weight: int | None = None) -> Tensor:
         """Loss of one batch, logged per epoch as the mean over processes weighted by ``weight``
-        (default: the batch size)."""
-        parts, logits = self.losses(batch)
+        (default: the batch size); a non-finite part or dead relevance stops training."""
+        try:
+            parts, logits = self.losses(batch)
+        except RelevanceDiedError as error:
+            raise self._diverged(stage, batch_idx, str(error)) from error
         total = parts["loss"]
         if not torch.isfinite(total):
-            bad = [name for name, value in parts.items() if name != "loss" and not torch.isfinite(value)]
-            raise FloatingPointError(
-                f"{stage} loss of {self.method or type(self).__name__} is not finite "
-                f"({', '.join(bad) or 'total'}); lower the learning rate"
-            )
+            bad = {name: value.detach().item() for name, value in parts.items()
+                   if name != "loss" and not torch.isfinite(value)}
+            what = ", ".join(f"{name} = {value}" for name, value in bad.items()) or f"the total = {total.detach().item()}"
+            raise self._diverged(stage, batch_idx, f"loss part(s) not finite: {what}", parts=list(bad) or ["loss"])
         batch_size = batch["image"].shape[0] if weight is None else weight
         values = dict(parts)
         if logits is not None and not self.hparams.get("multilabel", False):
@@ -121,15 +172,24 @@ class SystemModule(L.LightningModule):
                  logger=False, sync_dist=True)
         return total
 
+    def _diverged(self, stage: str, batch_idx: int | None, problem: str,
+                  parts: list[str] | None = None) -> "TrainingDivergedError":
+        trainer = self._trainer
+        epoch = trainer.current_epoch if trainer is not None else None
+        step = trainer.global_step if trainer is not None else None
+        return TrainingDivergedError(problem, system=self.method or type(self).__name__, stage=stage,
+                                     epoch=epoch, global_step=step, batch_idx=batch_idx,
+                                     parts=parts if parts is not None else ["heatmaps"])
+
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
+        return self._step(batch, "train", batch_idx)
 
     def validation_step(self, batch: dict, batch_idx: int) -> Tensor:
         batch, weight = self._without_sampler_padding(batch, batch_idx)
         if self.needs_input_gradients:  # the validation loss itself needs input gradients
             with torch.enable_grad():
-                return self._step(batch, "val", weight)
-        return self._step(batch, "val", weight)
+                return self._step(batch, "val", batch_idx, weight)
+        return self._step(batch, "val", batch_idx, weight)
 
     def _without_sampler_padding(self, batch: dict, batch_idx: int) -> tuple[dict, int | None]:
         """The batch without the images a ``DistributedSampler`` repeated to give every process

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from .. import defaults
 from ..loss import ISNetLoss
-from .base import BackboneSystem
+from .base import BackboneSystem, require_relevance
 from .gradients import gradient_times_input
 
 
@@ -33,6 +33,7 @@ class GradInputISNetModule(BackboneSystem):
 
     def losses(self, batch: dict) -> tuple[dict[str, Tensor], Tensor]:
         logits, heatmaps = gradient_times_input(self.backbone, batch["image"], self.hparams.num_classes)
+        require_relevance(heatmaps)
         out = self.criterion(logits, batch["label"], heatmaps, batch["mask"])
         parts = {"loss": out.total, "L_C": out.classification, "L_LRP": out.heatmap, "L1": out.background,
                  "L2": out.foreground}

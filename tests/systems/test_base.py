@@ -1,4 +1,4 @@
-"""The optimisation every system shares: optimisers, schedules and the learning-rate warm-up."""
+"""The optimisation every system shares: optimisers, schedules, the learning-rate warm-up, dead relevance."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from isnet.systems.base import check_optimisation, lr_factor, warmup_steps
+from isnet.systems.base import RelevanceDiedError, check_optimisation, lr_factor, require_relevance, warmup_steps
 from isnet.training import ISNetModule
 
 from .helpers import tiny_batch
@@ -74,3 +74,12 @@ def test_no_warm_up_keeps_the_per_epoch_cosine():
     config = module.configure_optimizers()
     assert isinstance(config["lr_scheduler"]["scheduler"], torch.optim.lr_scheduler.CosineAnnealingLR)
     assert config["lr_scheduler"]["interval"] == "epoch"
+
+
+def test_all_zero_heatmaps_mean_dead_relevance():
+    maps = torch.zeros(2, 3, 1, 4, 4)
+    with pytest.raises(RelevanceDiedError, match="all 2 x 3 heatmaps"):
+        require_relevance(maps)
+    maps[1, 2, 0, 3, 3] = -1e-30
+    require_relevance(maps)  # one non-zero value anywhere: alive
+    require_relevance(torch.full((1, 1, 1, 2, 2), float("nan")))  # NaN is the finite check's business

@@ -9,8 +9,11 @@ the same data, optimiser and logging.
 from __future__ import annotations
 
 import inspect
+import logging
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import lightning as L
 import torch
@@ -176,6 +179,24 @@ def estimate_c1_c2(model: nn.Module, loader: Any, *, batches: int = 4, epsilon: 
     return c1, c2
 
 
+@contextmanager
+def _quiet_lightning(progress: bool) -> Iterator[None]:
+    """Hide Lightning's advice that does not apply to these runs (few loader workers, short
+    epochs) and, without a progress bar, its info lines, for the duration of one fit only."""
+    logger = logging.getLogger("lightning.pytorch")
+    level = logger.level
+    with warnings.catch_warnings():
+        for message in (".*does not have many workers.*", ".*smaller than the logging interval.*",
+                        ".*isinstance.treespec, LeafSpec.*"):
+            warnings.filterwarnings("ignore", message)
+        if not progress:
+            logger.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            logger.setLevel(level)
+
+
 def train(
     module: SystemModule,
     datamodule: L.LightningDataModule,
@@ -224,14 +245,6 @@ def train(
     from .callbacks import HeatmapImages
     from .checkpointing import AtomicCheckpointIO, RandomState, epoch_checkpoints, last_checkpoint
 
-    import logging
-    import warnings
-
-    for message in (".*does not have many workers.*", ".*smaller than the logging interval.*",
-                    ".*isinstance.treespec, LeafSpec.*"):
-        warnings.filterwarnings("ignore", message)
-    if not progress:
-        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     if not isinstance(heatmap_images, int) or heatmap_images < 0:
         raise ValueError(f"heatmap_images must be a whole number >= 0, got {heatmap_images!r}")
     folder = Path(folder)
@@ -251,36 +264,37 @@ def train(
         # The weights first, so that work done before training (a pipeline's trained
         # segmenter and threshold) is taken from the checkpoint rather than redone.
         module.load_state_dict(torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"])
-    module.before_fit(datamodule, folder, **options)
-    checkpoint, last = epoch_checkpoints(folder / "checkpoints", monitor="val/loss", mode="min")
-    trainer = L.Trainer(
-        max_epochs=max_epochs,
-        gradient_clip_val=defaults.GRADIENT_CLIP_NORM,
-        gradient_clip_algorithm="norm",
-        callbacks=[checkpoint, last, RandomState()] + ([HeatmapImages(heatmap_images)] if heatmap_images else []),
-        plugins=plugins,
-        # CSV first: it checks for an empty folder before the event file arrives
-        logger=[CSVLogger(folder, name="logs", version=""),
-                TensorBoardLogger(folder, name="logs", version="", default_hp_metric=False)],
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-        deterministic=deterministic,
-        accelerator=accelerator,
-        devices=devices,
-        num_sanity_val_steps=0,
-        inference_mode=not module.needs_input_gradients,
-        **({"precision": precision} if precision else {}),
-        **trainer_kwargs,
-    )
-    try:
-        resume_from: dict[str, Any] = {"ckpt_path": ckpt_path}
-        if ckpt_path is not None and "weights_only" in inspect.signature(trainer.fit).parameters:
-            resume_from["weights_only"] = False  # our own checkpoint: hyper-parameters and random state too
-        trainer.fit(module, datamodule, **resume_from)
-    except TrainingDivergedError as error:
-        kept = sorted(p.name for p in (folder / "checkpoints").glob("*.ckpt"))
-        raise error.with_note(f". Checkpoints of earlier epochs kept in {folder / 'checkpoints'}: "
-                              f"{', '.join(kept) or 'none (it diverged in the first epoch)'}") from error
+    with _quiet_lightning(progress):  # scoped: the caller's warning filters and log levels stay theirs
+        module.before_fit(datamodule, folder, **options)
+        checkpoint, last = epoch_checkpoints(folder / "checkpoints", monitor="val/loss", mode="min")
+        trainer = L.Trainer(
+            max_epochs=max_epochs,
+            gradient_clip_val=defaults.GRADIENT_CLIP_NORM,
+            gradient_clip_algorithm="norm",
+            callbacks=[checkpoint, last, RandomState()] + ([HeatmapImages(heatmap_images)] if heatmap_images else []),
+            plugins=plugins,
+            # CSV first: it checks for an empty folder before the event file arrives
+            logger=[CSVLogger(folder, name="logs", version=""),
+                    TensorBoardLogger(folder, name="logs", version="", default_hp_metric=False)],
+            enable_progress_bar=progress,
+            enable_model_summary=False,
+            deterministic=deterministic,
+            accelerator=accelerator,
+            devices=devices,
+            num_sanity_val_steps=0,
+            inference_mode=not module.needs_input_gradients,
+            **({"precision": precision} if precision else {}),
+            **trainer_kwargs,
+        )
+        try:
+            resume_from: dict[str, Any] = {"ckpt_path": ckpt_path}
+            if ckpt_path is not None and "weights_only" in inspect.signature(trainer.fit).parameters:
+                resume_from["weights_only"] = False  # our own checkpoint: hyper-parameters and random state too
+            trainer.fit(module, datamodule, **resume_from)
+        except TrainingDivergedError as error:
+            kept = sorted(p.name for p in (folder / "checkpoints").glob("*.ckpt"))
+            raise error.with_note(f". Checkpoints of earlier epochs kept in {folder / 'checkpoints'}: "
+                                  f"{', '.join(kept) or 'none (it diverged in the first epoch)'}") from error
     best = checkpoint.best_model_path
     if best:
         state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]

@@ -273,3 +273,15 @@ def test_dead_relevance_stops_training(data, tmp_path, monkeypatch):
     assert "relevance died: all 12 x 3 heatmaps of the batch are zero" in str(error)
     _assert_epoch_0_checkpoints_kept(tmp_path)
 
+
+
+def test_train_leaves_the_callers_warning_filters_and_log_levels_alone(data, tmp_path):
+    import logging
+
+    from isnet.training import train
+
+    logger = logging.getLogger("lightning.pytorch")
+    level, filters = logger.level, list(warnings.filters)
+    module = ISNetModule("small_cnn", 3, P=0.0, arch_kwargs={"width": 4}, class_names=["a", "b", "c"])
+    train(module, data, tmp_path, max_epochs=1, progress=False, accelerator="cpu", heatmap_images=0)
+    assert logger.level == level and warnings.filters == filters

@@ -63,7 +63,8 @@ def test_cli_benchmark_rejects_unknown_profile(capsys):
 def test_all_systems_on_both_benchmarks(tmp_path):
     tiny = Profile("tiny", per_class=(12, 6, 6), radiograph_per_class=(10, 4, 6, 6), size=32, width=4, batch_size=16,
                    standard_epochs=1, isnet_epochs=1, system_epochs=1, gradient_epochs=1, segmenter_epochs=1,
-                   unet_width=4, unet_depth=2, multitask_hidden=16, sononet_width=4, vit_epochs=1)
+                   unet_width=4, unet_depth=2, multitask_hidden=16, sononet_width=4, vit_epochs=1, radiograph_width=4,
+                   radiograph_standard_epochs=1)
     report = run_benchmark(tmp_path, profile=tiny, progress=False, models="all", datasets="all")
     digits, radiographs = report["benchmarks"]["digits"], report["benchmarks"]["radiographs"]
     systems = {"standard", "isnet", "pipeline", "pipeline (no segmenter)", "multitask", "sononet", "gain", "rrr",

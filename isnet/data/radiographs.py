@@ -64,7 +64,8 @@ _VERSION = 1
 
 @dataclass(frozen=True)
 class Source:
-    """The traits one source (a hospital, a scanner) leaves outside the lungs.
+    """The traits one source (a hospital, a scanner) leaves outside the lungs (and, in the
+    ``in-lung`` variant, its tone curve and noise inside them too).
 
     Lengths are fractions of the image side; grey levels lie in [0, 1].
 

@@ -109,6 +109,9 @@ def test_in_lung_variant_changes_the_lungs_too():
             far = ndimage.distance_transform_edt(~a.lungs) >= 2
             assert np.array_equal(a.image[far], plain.image[far])
             assert np.array_equal(a.lungs, plain.lungs) and np.array_equal(a.lesion, plain.lesion)
+            # The class evidence still lies only inside the lungs.
+            normal = render_radiograph("normal", "A", seed=seed, variant="in-lung")
+            assert np.array_equal(a.image[~a.lungs], normal.image[~a.lungs])
             for source in ("B", "C", "D", "E"):
                 other = render_radiograph(label, source, seed=seed, variant="in-lung")
                 assert np.array_equal(other.lungs, a.lungs)

@@ -176,6 +176,8 @@ def test_cli_radiograph_variant_reaches_the_profile(tmp_path, monkeypatch):
     assert "radiograph_variant" not in seen  # the profile's default
     assert main(["benchmark", "--out", str(tmp_path), "--quiet", "--radiograph-variant", "in-lung"]) == 0
     assert seen["radiograph_variant"] == "in-lung"
+    assert main(["benchmark", "--out", str(tmp_path), "--quiet", "--standard-epochs", "3"]) == 0
+    assert seen["standard_epochs"] == seen["radiograph_standard_epochs"] == 3
 
 
 def test_unknown_radiograph_variant_is_named_before_training(tmp_path, capsys):

@@ -107,8 +107,10 @@ def _benchmark(args: argparse.Namespace) -> int:
     overrides = {}
     if args.isnet_epochs is not None:
         overrides["isnet_epochs"] = args.isnet_epochs
-    if args.standard_epochs is not None:
-        overrides["standard_epochs"] = args.standard_epochs
+    if args.standard_epochs is not None:  # on both benchmarks
+        overrides["standard_epochs"] = overrides["radiograph_standard_epochs"] = args.standard_epochs
+    if args.radiograph_variant is not None:
+        overrides["radiograph_variant"] = args.radiograph_variant
     if args.warm_start is not None:
         names = [] if args.warm_start.strip() == "none" else args.warm_start.split(",")
         overrides["warm_start"] = tuple(n.strip() for n in names if n.strip())
@@ -430,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", choices=["quick", "long"], default="quick")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--isnet-epochs", type=int)
-    p.add_argument("--standard-epochs", type=int)
+    p.add_argument("--standard-epochs", type=int, help="epochs of the standard classifier on every benchmark")
     p.add_argument("--warm-start", help="comma-separated systems that start from the trained standard classifier's "
                                         "weights (default: isnet), or 'none' for the paper's random start")
     p.add_argument("--quiet", action="store_true")
@@ -441,6 +443,11 @@ def build_parser() -> argparse.ArgumentParser:
                                       "(default: digits; all with --models all)")
     p.add_argument("--no-background-swap", action="store_true",
                    help="skip the background-swap test of every model and test set")
+    # Checked by run_benchmark against isnet.data.radiographs.VARIANTS (not imported here: it loads Lightning).
+    p.add_argument("--radiograph-variant",
+                   help="where the radiograph sources' traits lie: 'background' (default: outside the lungs only) "
+                        "or 'in-lung' (their contrast and noise change the lungs too, out of reach of any "
+                        "mask-based method)")
     p.set_defaults(run=_benchmark)
 
     p = sub.add_parser("demo", help="train a small CNN on MNIST digits and render its heatmaps")

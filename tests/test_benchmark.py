@@ -1,13 +1,15 @@
 """The benchmark runs end to end and reports computed statistics (tiny profile)."""
 
 import json
+from dataclasses import replace
 
 import pytest
-
+import torch
 from PIL import Image
 
-from isnet.benchmark import Profile, run_benchmark
+from isnet.benchmark import ALL_MODELS, PROFILES, Profile, _settings, run_benchmark
 from isnet.cli import main
+from isnet.systems.registry import build_system
 
 TINY = Profile("tiny", per_class=(16, 6, 9), size=32, width=8, batch_size=16, standard_epochs=2, isnet_epochs=1)
 
@@ -61,7 +63,8 @@ def test_cli_benchmark_rejects_unknown_profile(capsys):
 def test_all_systems_on_both_benchmarks(tmp_path):
     tiny = Profile("tiny", per_class=(12, 6, 6), radiograph_per_class=(10, 4, 6, 6), size=32, width=4, batch_size=16,
                    standard_epochs=1, isnet_epochs=1, system_epochs=1, gradient_epochs=1, segmenter_epochs=1,
-                   unet_width=4, unet_depth=2, multitask_hidden=16, sononet_width=4, vit_epochs=1)
+                   unet_width=4, unet_depth=2, multitask_hidden=16, sononet_width=4, vit_epochs=1, radiograph_width=4,
+                   radiograph_standard_epochs=1)
     report = run_benchmark(tmp_path, profile=tiny, progress=False, models="all", datasets="all")
     digits, radiographs = report["benchmarks"]["digits"], report["benchmarks"]["radiographs"]
     systems = {"standard", "isnet", "pipeline", "pipeline (no segmenter)", "multitask", "sononet", "gain", "rrr",
@@ -158,3 +161,55 @@ def test_cli_benchmark_can_skip_the_background_swap(tmp_path, monkeypatch):
     assert seen["background_swap"] is True
     assert main(["benchmark", "--out", str(tmp_path), "--quiet", "--no-background-swap"]) == 0
     assert seen["background_swap"] is False
+
+
+def test_cli_radiograph_variant_reaches_the_profile(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake(out, **kwargs):
+        seen.update(kwargs)
+        (tmp_path / "report.md").write_text("report")
+        return {"total_seconds": 0.0}
+
+    monkeypatch.setattr("isnet.benchmark.run_benchmark", fake)
+    assert main(["benchmark", "--out", str(tmp_path), "--quiet", "--datasets", "radiographs"]) == 0
+    assert "radiograph_variant" not in seen  # the profile's default
+    assert main(["benchmark", "--out", str(tmp_path), "--quiet", "--radiograph-variant", "in-lung"]) == 0
+    assert seen["radiograph_variant"] == "in-lung"
+    assert main(["benchmark", "--out", str(tmp_path), "--quiet", "--standard-epochs", "3"]) == 0
+    assert seen["standard_epochs"] == seen["radiograph_standard_epochs"] == 3
+
+
+def test_unknown_radiograph_variant_is_named_before_training(tmp_path, capsys):
+    with pytest.raises(ValueError, match=r"unknown radiograph variant 'lungs'; choose from background, in-lung"):
+        run_benchmark(tmp_path, profile=TINY, progress=False, datasets="radiographs", radiograph_variant="lungs")
+    assert not any(tmp_path.iterdir())
+    assert main(["benchmark", "--out", str(tmp_path), "--quiet", "--radiograph-variant", "lungs"]) == 2
+    assert "unknown radiograph variant 'lungs'" in capsys.readouterr().err
+
+
+def test_radiograph_variant_reaches_the_data_and_the_report(tmp_path):
+    tiny = replace(TINY, radiograph_per_class=(4, 2, 2, 2), radiograph_standard_epochs=1)
+    report = run_benchmark(tmp_path, profile=tiny, progress=False, models="standard", datasets="radiographs",
+                           background_swap=False, radiograph_variant="in-lung")
+    assert report["profile"]["radiograph_variant"] == "in-lung"
+    assert json.loads((tmp_path / "radiographs" / "settings.json").read_text())["variant"] == "in-lung"
+    assert "Variant `in-lung`" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.parametrize("profile", list(PROFILES))
+def test_every_system_builds_with_the_radiograph_profile(profile):
+    """Every system of the profile's radiograph runs builds, classifies and explains a batch of its images."""
+    prof = PROFILES[profile]
+    classes = ["ground_glass", "normal", "opacity"]
+    c = {"lrp": (0.1, 1.0), "grad_input": (0.1, 1.0)}
+    images = torch.rand(2, 3, prof.size, prof.size)
+    for name in ALL_MODELS:
+        method, settings, epochs = _settings(name, prof, classes, c, "radiographs")
+        assert epochs >= 1
+        if "backbone" in settings:
+            assert settings["backbone"] == prof.radiograph_backbone
+        module = build_system(method, len(classes), **settings).eval()
+        assert module.deployed(images).shape == (2, 3), name
+        logits, heatmaps = module.explainer()(images)
+        assert logits.shape == (2, 3) and heatmaps.shape[0] == 2 and torch.isfinite(heatmaps).all(), name

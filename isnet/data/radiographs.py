@@ -17,12 +17,22 @@ identical for every class, given the anatomy and the source):
 The lesion mask (for methods that use lesion annotations) is the lesion intensity
 thresholded inside the lungs; it is empty for ``normal`` images.
 
-Sources play the role of hospitals: each leaves traits outside the lungs only (a
-laterality marker, collimation borders, a burned-in text line, tone curve and noise
-level).  Sources A, B and C make the training data, where class ``k`` comes mostly
-from source ``k`` so that a classifier can recognise the class from the background;
-sources D and E, whose traits are never seen in training, make the ``external``
-test split with balanced classes.
+Sources play the role of hospitals: each leaves traits (a laterality marker,
+collimation borders, a burned-in text line, tone curve and noise level) that lie,
+in the default ``background`` variant, outside the lungs only.  Sources A, B and C
+make the training data, where class ``k`` comes mostly from source ``k`` so that a
+classifier can recognise the class from the background; sources D and E, whose
+traits are never seen in training, make the ``external`` test split with balanced
+classes.
+
+:data:`VARIANTS` says where the source traits lie:
+
+* ``background`` (default): only outside the lung masks, so a model that uses only
+  the lungs cannot tell the sources apart; this is the background bias that
+  mask-based methods (ISNet, the segmentation pipeline, ...) are meant to remove;
+* ``in-lung``: the source's tone curve and noise level change the lungs too (as a
+  scanner's global contrast and noise do).  Part of the source signal then lies
+  inside the foreground mask, out of reach of any mask-based method.
 
 The dataset is written as a normal dataset folder (PNG files and ``manifest.csv``
 with the extra columns ``lesion`` and ``source``), so it goes through exactly the
@@ -48,12 +58,14 @@ CLASSES = ("normal", "opacity", "ground_glass")
 TRAINING_SOURCES = ("A", "B", "C")
 EXTERNAL_SOURCES = ("D", "E")
 SPLITS = ("train", "val", "test", "external")
+VARIANTS = ("background", "in-lung")  # where the source traits lie; see the module docstring
 _VERSION = 1
 
 
 @dataclass(frozen=True)
 class Source:
-    """The traits one source (a hospital, a scanner) leaves outside the lungs.
+    """The traits one source (a hospital, a scanner) leaves outside the lungs (and, in the
+    ``in-lung`` variant, its tone curve and noise inside them too).
 
     Lengths are fractions of the image side; grey levels lie in [0, 1].
 
@@ -320,13 +332,19 @@ def _overlay(image: np.ndarray, source: Source, rng: np.random.Generator) -> Non
            round(source.text_at[0] * size) + int(rng.integers(-1, 2)))  # fmt: skip
 
 
-def render_radiograph(label: str, source: str, *, size: int = 64, seed: int = 0) -> Radiograph:
+def render_radiograph(label: str, source: str, *, size: int = 64, seed: int = 0,
+                      variant: str = "background") -> Radiograph:
     """Render one radiograph of class ``label`` from ``source`` (a key of :data:`SOURCES`).
 
     The seed fixes three independent random streams: the anatomy, the acquisition
     (noise, marker position) and the lesions.  Hence, for one seed and source, images
-    of different classes differ only inside the lungs, and for one seed and class,
-    images from different sources are identical inside the lungs.
+    of different classes differ only inside the lungs, and, in the ``background``
+    variant, for one seed and class, images from different sources are identical
+    inside the lungs.
+
+    Args:
+        variant: one of :data:`VARIANTS`; ``in-lung`` applies the source's tone curve and
+            noise level inside the lungs too (markers, text and borders stay outside).
 
     Returns:
         ``image (size, size)`` uint8, ``lungs (size, size)`` bool (the foreground mask),
@@ -334,6 +352,8 @@ def render_radiograph(label: str, source: str, *, size: int = 64, seed: int = 0)
     """
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; choose from {list(SOURCES)}")
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown radiograph variant {variant!r}; choose from {list(VARIANTS)}")
     anatomy_seq, acquisition_seq, lesion_seq = np.random.SeedSequence(seed).spawn(3)
     anatomy = Anatomy.random(np.random.default_rng(anatomy_seq))
     acquisition, lesion_rng = np.random.default_rng(acquisition_seq), np.random.default_rng(lesion_seq)
@@ -344,12 +364,15 @@ def render_radiograph(label: str, source: str, *, size: int = 64, seed: int = 0)
     gain, offset = anatomy.exposure
     image = np.clip((image + lesion) * gain + offset, 0.0, 1.0)
 
-    # Source traits ramp in over two pixels outside the lungs and never touch a lung pixel.
+    # Source traits ramp in over two pixels outside the lungs and never touch a lung pixel, except
+    # for the tone curve and noise level in the in-lung variant.
     spec = SOURCES[source]
     outside = np.clip(ndimage.distance_transform_edt(~lungs) / 2.0, 0.0, 1.0)
-    styled = np.clip(spec.offset + spec.gain * image**spec.gamma + spec.noise * noise, 0.0, 1.0)
+    toned = np.clip(spec.offset + spec.gain * image**spec.gamma + spec.noise * noise, 0.0, 1.0)
+    styled = toned.copy()
     _overlay(styled, spec, acquisition)
-    image = np.clip(image + _NEUTRAL_NOISE * noise, 0.0, 1.0) * (1 - outside) + styled * outside
+    inner = toned if variant == "in-lung" else np.clip(image + _NEUTRAL_NOISE * noise, 0.0, 1.0)
+    image = inner * (1 - outside) + styled * outside
     threshold = min(0.07, 0.5 * lesion.max()) if lesion.any() else np.inf
     return Radiograph((image * 255).round().astype(np.uint8), lungs, lesion >= threshold)
 
@@ -371,6 +394,7 @@ def generate_radiographs(
     size: int = 64,
     seed: int = 0,
     association: float = 0.85,
+    variant: str = "background",
 ) -> Path:
     """Write the dataset folder (train / val / test / external splits) and return it.
 
@@ -384,14 +408,17 @@ def generate_radiographs(
         size: image side, pixels.
         association: fraction of class ``k``'s train / val / test images that come from
             training source ``k``; the rest are spread over the other training sources.
+        variant: where the source traits lie, one of :data:`VARIANTS`.
     """
     if len(per_class) != len(SPLITS):
         raise ValueError(f"per_class needs one count per split {SPLITS}, got {per_class}")
     if not 0.0 <= association <= 1.0:
         raise ValueError(f"association must lie in [0, 1], got {association}")
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown radiograph variant {variant!r}; choose from {list(VARIANTS)}")
     root = Path(root)
     settings = {"dataset": "radiographs", "per_class": list(per_class), "size": size, "seed": seed,
-                "association": association, "version": _VERSION}  # fmt: skip
+                "association": association, "variant": variant, "version": _VERSION}  # fmt: skip
     stamp = root / "settings.json"
     if stamp.is_file() and json.loads(stamp.read_text()) == settings and (root / "manifest.csv").is_file():
         return root
@@ -402,7 +429,7 @@ def generate_radiographs(
     for split, count in zip(SPLITS, per_class):
         for k, label in enumerate(CLASSES):
             for i, source in enumerate(_sources(split, k, count, association)):
-                sample = render_radiograph(label, source, size=size, seed=int(rng.integers(2**63)))
+                sample = render_radiograph(label, source, size=size, seed=int(rng.integers(2**63)), variant=variant)
                 name = f"{split}_{label}_{i:04d}.png"
                 Image.fromarray(sample.image).save(root / "images" / name)
                 Image.fromarray(sample.lungs.astype(np.uint8) * 255).save(root / "masks" / name)

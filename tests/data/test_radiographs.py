@@ -11,8 +11,8 @@ from scipy import ndimage
 
 from isnet.data import (Augmentation, ManifestError, MaskedImageDataModule, MaskedImageDataset, Preprocessing,
                         read_manifest, validate)  # fmt: skip
-from isnet.data.radiographs import (CLASSES, EXTERNAL_SOURCES, SOURCES, TRAINING_SOURCES, generate_radiographs,
-                                    render_radiograph)  # fmt: skip
+from isnet.data.radiographs import (CLASSES, EXTERNAL_SOURCES, SOURCES, TRAINING_SOURCES, VARIANTS,
+                                    generate_radiographs, render_radiograph)  # fmt: skip
 
 PER_CLASS = (12, 4, 6, 6)
 
@@ -88,12 +88,72 @@ def test_classes_differ_only_inside_the_lungs(source):
 
 
 def test_sources_differ_only_outside_the_lungs():
+    """Default variant: the same case from two sources is equal inside the lung mask, different outside it."""
     for seed in range(3):
-        a = render_radiograph("opacity", "A", seed=seed)
-        for source in ("B", "C", "D", "E"):
-            other = render_radiograph("opacity", source, seed=seed)
-            assert np.array_equal(other.image[a.lungs], a.image[a.lungs])
-            assert not np.array_equal(other.image, a.image)
+        for label in CLASSES:
+            a = render_radiograph(label, "A", seed=seed)
+            assert np.array_equal(a.image, render_radiograph(label, "A", seed=seed, variant="background").image)
+            for source in ("B", "C", "D", "E"):
+                other = render_radiograph(label, source, seed=seed)
+                assert np.array_equal(other.lungs, a.lungs) and np.array_equal(other.lesion, a.lesion)
+                assert np.array_equal(other.image[a.lungs], a.image[a.lungs])
+                assert (other.image[~a.lungs] != a.image[~a.lungs]).mean() > 0.5
+
+
+def test_in_lung_variant_changes_the_lungs_too():
+    for seed in range(3):
+        for label in CLASSES:
+            a = render_radiograph(label, "A", seed=seed, variant="in-lung")
+            plain = render_radiograph(label, "A", seed=seed)
+            # Away from the lungs (past the traits' two-pixel ramp) the variant changes nothing.
+            far = ndimage.distance_transform_edt(~a.lungs) >= 2
+            assert np.array_equal(a.image[far], plain.image[far])
+            assert np.array_equal(a.lungs, plain.lungs) and np.array_equal(a.lesion, plain.lesion)
+            # The class evidence still lies only inside the lungs.
+            normal = render_radiograph("normal", "A", seed=seed, variant="in-lung")
+            assert np.array_equal(a.image[~a.lungs], normal.image[~a.lungs])
+            for source in ("B", "C", "D", "E"):
+                other = render_radiograph(label, source, seed=seed, variant="in-lung")
+                assert np.array_equal(other.lungs, a.lungs)
+                assert (other.image[a.lungs] != a.image[a.lungs]).mean() > 0.5
+                assert (other.image[~a.lungs] != a.image[~a.lungs]).mean() > 0.5
+
+
+def test_in_lung_variant_source_traits_are_global_contrast_and_noise():
+    """In-lung pixels follow the source's tone curve: mean lung grey level per source, over the same patients."""
+    seeds = range(6)
+
+    def lung_mean(source, variant):
+        samples = [render_radiograph("normal", source, seed=s, variant=variant) for s in seeds]
+        return np.mean([r.image[r.lungs].mean() for r in samples])
+
+    plain = {s: lung_mean(s, "background") for s in SOURCES}
+    assert max(plain.values()) == min(plain.values())
+    toned = {s: lung_mean(s, "in-lung") for s in SOURCES}
+    assert max(toned.values()) - min(toned.values()) > 5  # grey levels of 0-255
+
+
+def test_unknown_variant_is_named(tmp_path):
+    message = r"unknown radiograph variant 'inlung'; choose from \['background', 'in-lung'\]"
+    with pytest.raises(ValueError, match=message):
+        render_radiograph("normal", "A", variant="inlung")
+    with pytest.raises(ValueError, match=r"unknown radiograph variant 'lungs'"):
+        generate_radiographs(tmp_path, per_class=(1, 1, 1, 1), variant="lungs")
+    assert not (tmp_path / "manifest.csv").exists()
+
+
+def test_variant_is_part_of_the_settings(dataset, tmp_path):
+    root = tmp_path / "in-lung"
+    shutil.copytree(dataset, root)
+    generate_radiographs(root, per_class=PER_CLASS, size=64, seed=0, variant="in-lung")
+    assert '"variant": "in-lung"' in (root / "settings.json").read_text()
+    records = manifest_records(root)
+    assert records == manifest_records(dataset)  # same cases, sources and masks
+    image, mask = records[0]["image"], records[0]["mask"]
+    assert np.array_equal(load(root / mask), load(dataset / mask))
+    lungs = load(root / mask) > 0
+    assert not np.array_equal(load(root / image)[lungs], load(dataset / image)[lungs])
+    assert VARIANTS[0] == "background"  # the default of render_radiograph and generate_radiographs
 
 
 def test_lesion_masks_inside_the_lungs(dataset):

@@ -178,8 +178,8 @@ _BIAS_TEXT = {  # (title, description of the test sets) of each bias kind
                "across classes)."),
     "scene": ("digits on textures with class-linked scenes",
               f"Each class's backgrounds come {SCENE_OWN_SHARE:.0%} from its own group of textures and photos "
-              "(outside the digit's mask). Test sets: `biased` (as in training), `standard` (backgrounds drawn uniformly from all "
-              "textures), `deceiving` (backgrounds from the next class's group)."),
+              "(outside the digit's mask). Test sets: `biased` (as in training), `standard` (backgrounds drawn "
+              "uniformly from all textures), `deceiving` (backgrounds from the next class's group)."),
     "text": ("digits on textures with class-linked words",
              "Each class has its own word, written in white at a random place outside the digit's mask. Test "
              "sets: `biased` (as in training), `standard` (no word), `deceiving` (the next class's word)."),

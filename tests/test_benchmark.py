@@ -6,7 +6,8 @@ import pytest
 
 from PIL import Image
 
-from isnet.benchmark import Profile, run_benchmark
+from isnet.benchmark import _BIAS_TEXT, Profile, run_benchmark
+from isnet.data.bias import BIAS_KINDS
 from isnet.cli import main
 
 TINY = Profile("tiny", per_class=(16, 6, 9), size=32, width=8, batch_size=16, standard_epochs=2, isnet_epochs=1)
@@ -176,6 +177,10 @@ def test_benchmark_with_a_written_bias_kind(tmp_path, kind):
     words = "class-linked scenes" if kind == "scene" else "class-linked words"
     text = (tmp_path / "report.md").read_text()
     assert f"digits on textures with {words}" in text and f"digits bias `{kind}`" in text
+
+
+def test_every_bias_kind_is_described():
+    assert list(_BIAS_TEXT) == list(BIAS_KINDS)
 
 
 def test_unknown_bias_kind_is_named_before_anything_is_written(tmp_path, capsys):

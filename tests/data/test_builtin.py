@@ -113,7 +113,8 @@ def test_scene_share_and_pixels_of_the_drawn_backgrounds():
         picture, index = d["biased"]
         assert (picture[mask] == 0).all()  # the unbiased image inside the mask
         level = (index + 1) / 10  # darkened by a factor in [0.25, 0.5]
-        assert np.allclose(picture[~mask], picture[0, 0]) and 0.25 * level - 1e-6 <= picture[0, 0, 0] <= 0.5 * level + 1e-6
+        assert np.allclose(picture[~mask], picture[0, 0])
+        assert 0.25 * level - 1e-6 <= picture[0, 0, 0] <= 0.5 * level + 1e-6
 
 
 def _word_at(image, unbiased):

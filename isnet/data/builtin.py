@@ -126,7 +126,7 @@ def generate_digits_on_textures(
         own_share: scene bias: share of a class's biased images whose background comes from
             the class's own group.
     """
-    from .bias import check_bias_kind
+    from .bias import BIAS_KINDS, check_bias_kind
 
     check_bias_kind(bias)
     if not 2 <= classes <= 10:
@@ -143,7 +143,7 @@ def generate_digits_on_textures(
         return root
     rng = np.random.default_rng(seed)
     # the bias's own random stream, so the unbiased images do not depend on the kind
-    bias_rng = np.random.default_rng([seed, 1 + ("scene", "text").index(bias)]) if bias != "shapes" else None
+    bias_rng = np.random.default_rng([seed, BIAS_KINDS.index(bias)]) if bias != "shapes" else None
     digits, labels = _digits()
     backgrounds = _backgrounds()
     for folder in ("images", "masks") + (("biased", "deceiving", "clean") if bias != "shapes" else ()):

@@ -1,7 +1,9 @@
 """The built-in benchmarks: the paper's comparisons on offline data.
 
 ``digits`` (the main job; the paper's Table 1 pattern): MNIST digits drawn over real
-textures, with a synthetic shape bias tying each class to a white shape in a corner.
+textures, with a synthetic background bias: by default (``bias="shapes"``) a white shape
+in a corner tied to each class; ``scene`` ties each class to its own group of background
+textures, ``text`` to a word written in the background (:data:`isnet.data.bias.BIAS_KINDS`).
 Systems are trained on the biased data and tested on the biased, standard and
 deceiving test sets; ``reference`` is a standard classifier trained on the same data
 without the bias (tested on the standard set).
@@ -27,7 +29,8 @@ from typing import Any, Sequence
 import lightning as L
 
 from .data import MaskedImageDataModule
-from .data.builtin import generate_digits_on_textures
+from .data.bias import VARIANTS, check_bias_kind
+from .data.builtin import SCENE_OWN_SHARE, generate_digits_on_textures
 from .data.radiographs import VARIANTS as RADIOGRAPH_VARIANTS
 from .evaluation import evaluate, example_heatmaps, lrp_explainer, pick_examples
 from .jsonio import write_json
@@ -190,23 +193,40 @@ class _Benchmark:
     intro: str
 
 
-def _digits(out: Path, prof: Profile, seed: int) -> _Benchmark:
-    root = generate_digits_on_textures(out / "data", classes=prof.classes, per_class=prof.per_class, size=prof.size,
-                                       seed=seed)
+_BIAS_TEXT = {  # (title, description of the test sets) of each bias kind
+    "shapes": ("digits on textures with synthetic shape bias",
+               "Test sets: `biased` (shapes as in training), `standard` (no shapes), `deceiving` (shapes permuted "
+               "across classes)."),
+    "scene": ("digits on textures with class-linked scenes",
+              f"Each class's backgrounds come {SCENE_OWN_SHARE:.0%} from its own group of textures and photos "
+              "(outside the digit's mask). Test sets: `biased` (as in training), `standard` (backgrounds drawn "
+              "uniformly from all textures), `deceiving` (backgrounds from the next class's group)."),
+    "text": ("digits on textures with class-linked words",
+             "Each class has its own word, written in white at a random place outside the digit's mask. Test "
+             "sets: `biased` (as in training), `standard` (no word), `deceiving` (the next class's word)."),
+}
 
-    def dm(bias: bool) -> MaskedImageDataModule:
-        m = MaskedImageDataModule(root, size=prof.size, bias=bias, augment=False, batch_size=prof.batch_size,
-                                  cache=True, seed=seed, square_test=False)
+
+def _digits(out: Path, prof: Profile, seed: int, bias: str = "shapes") -> _Benchmark:
+    folder = out / "data" if bias == "shapes" else out / f"data_{bias}"
+    root = generate_digits_on_textures(folder, classes=prof.classes, per_class=prof.per_class, size=prof.size,
+                                       seed=seed, bias=bias)
+
+    def dm(folder: Path, **kwargs: Any) -> MaskedImageDataModule:
+        m = MaskedImageDataModule(folder, size=prof.size, augment=False, batch_size=prof.batch_size, cache=True,
+                                  seed=seed, square_test=False, **kwargs)
         m.setup()
         return m
 
-    biased = dm(True)
+    if bias == "shapes":  # drawn on the fly by the data module
+        biased, clean = dm(root, bias=True), dm(root)
+    else:  # written into the images: the biased dataset and its unbiased twin
+        biased, clean = dm(root, test_splits=list(VARIANTS)), dm(root / "clean")
     tests = {name.split("/")[-1]: ds for name, ds in biased.test_sets.items()}
-    return _Benchmark("digits", "digits on textures with synthetic shape bias", biased, tests, dm(False),
-                      "biased", ("standard", "deceiving"),
-                      "The systems are trained on data with the synthetic shape bias; the reference is a standard "
-                      "classifier trained on the same data without it. Test sets: `biased` (shapes as in training), "
-                      "`standard` (no shapes), `deceiving` (shapes permuted across classes).")
+    title, tests_text = _BIAS_TEXT[bias]
+    return _Benchmark("digits", title, biased, tests, clean, "biased", ("standard", "deceiving"),
+                      f"The systems are trained on data with the synthetic `{bias}` bias; the reference is a "
+                      f"standard classifier trained on the same data without it. {tests_text}")
 
 
 def _radiographs(out: Path, prof: Profile, seed: int) -> _Benchmark:
@@ -230,7 +250,7 @@ def _radiographs(out: Path, prof: Profile, seed: int) -> _Benchmark:
 
 def run_benchmark(out: str | Path, *, profile: str | Profile = "quick", seed: int = 0, progress: bool = True,
                   models: str | Sequence[str] = DEFAULT_MODELS, datasets: str | Sequence[str] = ("digits",),
-                  background_swap: bool = True, **overrides: Any) -> dict:
+                  background_swap: bool = True, bias: str = "shapes", **overrides: Any) -> dict:
     """Train, evaluate and report the chosen models on the chosen benchmarks.
 
     Args:
@@ -242,13 +262,18 @@ def run_benchmark(out: str | Path, *, profile: str | Profile = "quick", seed: in
         datasets: names from :data:`DATASETS`, a comma-separated string, or ``"all"``.
         background_swap: test every model on background-swapped test images too
             (:func:`isnet.evaluation.background_swap_test`).
+        bias: the digits benchmark's kind of background bias, one of
+            :data:`isnet.data.bias.BIAS_KINDS`: ``shapes`` (corner shapes, the paper's
+            Table 1 setting), ``scene`` (class-linked background textures) or ``text``
+            (class-linked words); the radiographs benchmark has its own.
         overrides: fields of the profile to change (e.g. ``isnet_epochs=40``).
 
     Returns:
-        The content of ``report.json``: ``{"benchmarks": {dataset: {"models": {model: {test_set:
-        metrics}}, "drops": ..., "C1": ..., "C2": ..., "train_seconds": ...}}, ...}``; the digits
-        benchmark's ``models``, ``drops``, ``C1`` and ``C2`` are also at the top level.
+        The content of ``report.json``: ``{"bias": kind, "benchmarks": {dataset: {"models": {model:
+        {test_set: metrics}}, "drops": ..., "C1": ..., "C2": ..., "train_seconds": ...}}, ...}``; the
+        digits benchmark's ``models``, ``drops``, ``C1`` and ``C2`` are also at the top level.
     """
+    check_bias_kind(bias)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     prof = PROFILES[profile] if isinstance(profile, str) else profile
@@ -268,10 +293,11 @@ def run_benchmark(out: str | Path, *, profile: str | Profile = "quick", seed: in
                          f"{', '.join(RADIOGRAPH_VARIANTS)}")
     started = time.perf_counter()
     report = Report("isnet benchmark")
-    report.paragraph(f"Profile `{prof.name}`, seed {seed}; models: {', '.join(names)}.")
-    saved: dict[str, Any] = {"profile": asdict(prof), "seed": seed, "benchmarks": {}}
+    report.paragraph(f"Profile `{prof.name}`, seed {seed}; models: {', '.join(names)}"
+                     + (f"; digits bias `{bias}`." if "digits" in datasets else "."))
+    saved: dict[str, Any] = {"profile": asdict(prof), "seed": seed, "bias": bias, "benchmarks": {}}
     for dataset in datasets:
-        bench = (_digits if dataset == "digits" else _radiographs)(out, prof, seed)
+        bench = _digits(out, prof, seed, bias) if dataset == "digits" else _radiographs(out, prof, seed)
         folder = out if len(datasets) == 1 and dataset == "digits" else out / dataset
         result, section = _run_one(bench, folder, out, names, prof, seed, progress, background_swap)
         saved["benchmarks"][dataset] = result

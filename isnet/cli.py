@@ -117,7 +117,7 @@ def _benchmark(args: argparse.Namespace) -> int:
     datasets = args.datasets or ("all" if args.models == "all" else "digits")
     report = run_benchmark(args.out, profile=args.profile, seed=args.seed, progress=not args.quiet,
                            models=args.models, datasets=datasets, background_swap=not args.no_background_swap,
-                           **overrides)
+                           bias=args.bias, **overrides)
     print((Path(args.out) / "report.md").read_text())
     print(f"wrote {Path(args.out) / 'report.md'}, report.html, report.json and figures "
           f"in {report['total_seconds']:.0f} s")
@@ -448,6 +448,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the radiograph sources' traits lie: 'background' (default: outside the lungs only) "
                         "or 'in-lung' (their contrast and noise change the lungs too, out of reach of any "
                         "mask-based method)")
+    # checked by run_benchmark against isnet.data.bias.BIAS_KINDS (importing it here would load lightning
+    # for every command)
+    p.add_argument("--bias", default="shapes",
+                   help="the digits benchmark's background bias: shapes (a white shape in a class's corner, the "
+                        "paper's Table 1), scene (each class's backgrounds mostly from its own textures) or text "
+                        "(a class's word in the background); default: shapes")
     p.set_defaults(run=_benchmark)
 
     p = sub.add_parser("demo", help="train a small CNN on MNIST digits and render its heatmaps")

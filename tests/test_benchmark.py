@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from isnet.benchmark import ALL_MODELS, PROFILES, Profile, _settings, run_benchmark
+from isnet.benchmark import _BIAS_TEXT, ALL_MODELS, PROFILES, Profile, _settings, run_benchmark
+from isnet.data.bias import BIAS_KINDS
 from isnet.cli import main
 from isnet.systems.registry import build_system
 
@@ -17,6 +18,7 @@ TINY = Profile("tiny", per_class=(16, 6, 9), size=32, width=8, batch_size=16, st
 def test_benchmark_writes_reports(tmp_path):
     report = run_benchmark(tmp_path, profile=TINY, progress=False)
     saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["bias"] == "shapes"
     assert saved["models"].keys() == {"standard", "isnet", "reference"}
     assert set(saved["models"]["standard"]) == {"biased", "standard", "deceiving"}
     assert set(saved["models"]["reference"]) == {"standard"}
@@ -159,8 +161,10 @@ def test_cli_benchmark_can_skip_the_background_swap(tmp_path, monkeypatch):
     monkeypatch.setattr("isnet.benchmark.run_benchmark", fake)
     assert main(["benchmark", "--out", str(tmp_path), "--quiet"]) == 0
     assert seen["background_swap"] is True
-    assert main(["benchmark", "--out", str(tmp_path), "--quiet", "--no-background-swap"]) == 0
+    assert seen["bias"] == "shapes"
+    assert main(["benchmark", "--out", str(tmp_path), "--quiet", "--no-background-swap", "--bias", "scene"]) == 0
     assert seen["background_swap"] is False
+    assert seen["bias"] == "scene"
 
 
 def test_cli_radiograph_variant_reaches_the_profile(tmp_path, monkeypatch):
@@ -213,3 +217,31 @@ def test_every_system_builds_with_the_radiograph_profile(profile):
         assert module.deployed(images).shape == (2, 3), name
         logits, heatmaps = module.explainer()(images)
         assert logits.shape == (2, 3) and heatmaps.shape[0] == 2 and torch.isfinite(heatmaps).all(), name
+
+
+@pytest.mark.parametrize("kind", ["scene", "text"])
+def test_benchmark_with_a_written_bias_kind(tmp_path, kind):
+    report = run_benchmark(tmp_path, profile=TINY, progress=False, models="standard,reference", bias=kind,
+                           background_swap=False)
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["bias"] == report["bias"] == kind
+    assert list(saved["models"]["standard"]) == ["biased", "standard", "deceiving"]
+    assert set(saved["models"]["reference"]) == {"standard"}
+    assert all(m["n"] == 27 for tests in saved["models"].values() for m in tests.values())
+    assert (tmp_path / f"data_{kind}" / "clean" / "manifest.csv").is_file() and not (tmp_path / "data").exists()
+    words = "class-linked scenes" if kind == "scene" else "class-linked words"
+    text = (tmp_path / "report.md").read_text()
+    assert f"digits on textures with {words}" in text and f"digits bias `{kind}`" in text
+
+
+def test_every_bias_kind_is_described():
+    assert list(_BIAS_TEXT) == list(BIAS_KINDS)
+
+
+def test_unknown_bias_kind_is_named_before_anything_is_written(tmp_path, capsys):
+    with pytest.raises(ValueError, match=r"unknown bias kind 'stripes'; choose from shapes, scene, text"):
+        run_benchmark(tmp_path / "run", profile=TINY, bias="stripes")
+    assert not (tmp_path / "run").exists()
+    assert main(["benchmark", "--out", str(tmp_path / "cli"), "--bias", "stripes", "--quiet"]) == 2
+    assert "unknown bias kind 'stripes'" in capsys.readouterr().err
+    assert not (tmp_path / "cli").exists()

@@ -1,4 +1,13 @@
-"""Synthetic background bias (Appendices E.1, E.4, E.5): white shapes in the image corners.
+"""Synthetic background bias (Appendices E.1, E.4, E.5): white shapes in the image corners,
+and the other kinds of background bias of the built-in digits benchmark.
+
+:data:`BIAS_KINDS` lists the kinds: ``shapes`` (this module's :class:`ShapeBias`, drawn
+on the fly by the data module; the paper's Table 1 setting), ``scene`` (each class's
+backgrounds mostly from its own group of textures) and ``text`` (a class-linked word
+somewhere in the background).  ``scene`` and ``text`` are written into the images when
+the built-in data are generated (:func:`isnet.data.builtin.generate_digits_on_textures`);
+this module holds their class links (:func:`scene_groups`, :data:`WORDS`) and the
+drawing helpers (:func:`word_stencil`, :func:`free_positions`).
 
 Each class is tied to a shape (square, triangle, circle) and a corner; the shape's
 side is 10% of the image size.  Variants of a dataset:
@@ -15,12 +24,80 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
 SHAPES = ("square", "triangle", "circle")
 CORNERS = ("top_left", "bottom_right", "bottom_left", "top_right")
 VARIANTS = ("biased", "standard", "deceiving")
+BIAS_KINDS = ("shapes", "scene", "text")
+# One short word per class (text bias); fixed-width bitmap glyphs, no two words sharing a letter
+# in the same place for the first classes.
+WORDS = ("sun", "box", "key", "map", "owl", "jet", "cup", "fig", "zoo", "dry")
+
+
+def check_bias_kind(kind: str) -> str:
+    """``kind`` if it is one of :data:`BIAS_KINDS`, else a ``ValueError`` naming the choices."""
+    if kind not in BIAS_KINDS:
+        raise ValueError(f"unknown bias kind {kind!r}; choose from {', '.join(BIAS_KINDS)}")
+    return kind
+
+
+def deceiving_class(k: int, num_classes: int) -> int:
+    """The class whose cue a deceiving image of class ``k`` carries: the next one, ``(k + 1) mod K``."""
+    return (k + 1) % num_classes
+
+
+def scene_groups(num_backgrounds: int, num_classes: int) -> list[list[int]]:
+    """Background indices of each class's group (scene bias), dealt round robin.
+
+    Class ``k`` gets backgrounds ``k, k + K, k + 2K, ...``; every background belongs to
+    exactly one group.
+    """
+    if not 2 <= num_classes <= num_backgrounds:
+        raise ValueError(f"the scene bias needs 2 to {num_backgrounds} classes (one background group each), "
+                         f"got {num_classes}")
+    return [list(range(k, num_backgrounds, num_classes)) for k in range(num_classes)]
+
+
+def word_stencil(word: str, scale: float = 1.0) -> np.ndarray:
+    """A ``(h, w)`` bool stencil of ``word`` in PIL's bitmap default font.
+
+    The font's glyphs are 6 x 11 pixels; ``scale`` resizes the stencil (nearest
+    neighbour) to ``round(11 * scale)`` rows, at least 1.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    if not word:
+        raise ValueError("the word of a text bias must not be empty")
+    if scale <= 0:
+        raise ValueError(f"word scale must be positive, got {scale}")
+    # the bitmap font (PIL's load_default() became a vector font in Pillow 10.1)
+    font = getattr(ImageFont, "load_default_imagefont", ImageFont.load_default)()
+    left, top, right, bottom = font.getbbox(word)
+    canvas = Image.new("L", (right - left, bottom - top), 0)
+    ImageDraw.Draw(canvas).text((-left, -top), word, fill=255, font=font)
+    if scale != 1.0:
+        size = (max(1, round(canvas.width * scale)), max(1, round(canvas.height * scale)))
+        canvas = canvas.resize(size, Image.NEAREST)
+    return np.asarray(canvas) > 127
+
+
+def free_positions(mask: np.ndarray, box: tuple[int, int], margin: int = 1) -> np.ndarray:
+    """Top-left corners ``(N, 2)`` (row, column) where a ``box`` of ``(h, w)`` pixels lies
+    inside the image and, with ``margin`` pixels around it, touches no pixel of ``mask`` ``(H, W)``."""
+    h, w = box
+    H, W = mask.shape
+    if h > H or w > W:
+        return np.zeros((0, 2), dtype=int)
+    # integral image of the mask: the mask pixels in any rectangle by four look-ups
+    padded = np.pad(np.asarray(mask, dtype=bool), margin)
+    table = np.pad(padded.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    hh, ww = h + 2 * margin, w + 2 * margin
+    counts = table[hh:, ww:] - table[:-hh, ww:] - table[hh:, :-ww] + table[:-hh, :-ww]
+    counts = counts[: H - h + 1, : W - w + 1]
+    return np.argwhere(counts == 0)
 
 
 def shape_stencil(shape: str, side: int) -> Tensor:
@@ -117,7 +194,7 @@ class ShapeBias:
             k = int(label)
             if not 0 <= k < self.num_classes:
                 raise ValueError(f"label {k} has no shape; the bias covers {self.num_classes} classes")
-            drawn = [k if variant == "biased" else (k + 1) % self.num_classes]
+            drawn = [k if variant == "biased" else deceiving_class(k, self.num_classes)]
         for j in drawn:
             image = self.draw(image, j)
         return image

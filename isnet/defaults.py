@@ -37,3 +37,21 @@ GRADIENT_CLIP_NORM: float = 1.0
 #: Train ISNets with channels-last tensors: on the CPU their relevance pass's convolutions
 #: run about twice as fast (``benchmarks/training_speed.py``); not a setting of the paper.
 CHANNELS_LAST: bool = True
+
+# -- training from a random start (not settings of the paper; README "Training") --------------
+#: Balance P of the ISNet loss (the paper's COVID-19 / tuberculosis setting, Appendix F.2).
+P: float = 0.7
+#: GWRP decay d of the background loss (the same setting).
+D: float = 0.9
+#: Heatmap-loss warm-up: P rises linearly from 0 to its value over this many epochs.  At a random
+#: start the gradient of the heatmap loss is 3 to 40 times that of the classification loss
+#: (measured on a small CNN), so with the full P from step 0 the network is shaped by the heatmaps
+#: before it classifies at all.
+HEATMAP_WARMUP_EPOCHS: float = 5.0
+#: Automatic C1, C2 (``C1=None``, ``C2=None``): from the mean m and standard deviation s of the
+#: current model's total absolute foreground relevance, C1 = max(m * AUTO_C1_FRACTION,
+#: m - AUTO_C_SPREAD * s), C2 = min(AUTO_C2_RATIO * C1, m + AUTO_C_SPREAD * s), measured over the
+#: last epoch of the heatmap-loss warm-up.
+AUTO_C_SPREAD: float = 3.0
+AUTO_C1_FRACTION: float = 0.2
+AUTO_C2_RATIO: float = 25.0

@@ -55,9 +55,10 @@ class ISNetModule(SystemModule):
             chosen as the best unless the run is all warm-up.
         epsilon, zb, low, high: LRP settings.
         multilabel: binary cross-entropy and independent labels.
-        lr, momentum, weight_decay: optimiser settings (Appendix F.2: SGD, momentum 0.99, lr 1e-3).
-        optimizer: ``sgd`` (the paper's) or ``adam`` (momentum then sets beta1).
-        lr_schedule: ``constant`` (the paper's) or ``cosine`` (annealed to 0 over the trainer's max_epochs).
+        lr, momentum, weight_decay: optimiser settings (default Adam, beta1 0.9, lr 1e-3; the paper's,
+            Appendix F.2, are SGD, momentum 0.99, lr 1e-3, constant: see :mod:`isnet.defaults`).
+        optimizer: ``adam`` (momentum then sets beta1) or ``sgd`` (the paper's).
+        lr_schedule: ``cosine`` (annealed to 0 over the trainer's max_epochs) or ``constant`` (the paper's).
         warmup_epochs: linear learning-rate warm-up over this many epochs before the schedule
             (0, the paper's setting: none); steadies Adam's first steps under the heatmap loss.
         class_names: names of the K classes, kept with exported models.
@@ -85,11 +86,11 @@ class ISNetModule(SystemModule):
         low: float | Sequence[float] = defaults.ZB_LOW,
         high: float | Sequence[float] = defaults.ZB_HIGH,
         multilabel: bool = False,
-        lr: float = defaults.LEARNING_RATE,
-        momentum: float = defaults.MOMENTUM,
+        lr: float = defaults.ISNET_LEARNING_RATE,
+        momentum: float = defaults.ISNET_MOMENTUM,
         weight_decay: float = defaults.WEIGHT_DECAY,
-        optimizer: str = "sgd",
-        lr_schedule: str = "constant",
+        optimizer: str = defaults.ISNET_OPTIMIZER,
+        lr_schedule: str = defaults.ISNET_LR_SCHEDULE,
         warmup_epochs: float = 0.0,
         class_names: Sequence[str] | None = None,
         channels_last: bool = defaults.CHANNELS_LAST,

@@ -46,7 +46,7 @@ from scipy import ndimage
 BACKGROUNDS = ("camera", "coins", "text", "page", "horse", "clock", "hubble_deep_field", "cat", "shepp_logan_phantom")
 COLOURS = np.array([[0.95, 0.15, 0.1], [0.1, 0.8, 0.2], [0.2, 0.35, 1.0], [0.95, 0.85, 0.1]], np.float32)
 LETTERS = "ABCD"
-SPLITS = {"train": 60, "val": 20, "test_biased": 40, "test_standard": 40, "test_deceiving": 40}
+SPLITS = {"train": 150, "val": 30, "test_biased": 50, "test_standard": 50, "test_deceiving": 50}
 
 
 def _photo_backgrounds() -> list[np.ndarray]:

@@ -46,8 +46,9 @@ class ISNetModule(SystemModule):
         P, d, E, w1, w2: heatmap loss settings (Section 4.3).
         C1, C2: natural range of total absolute foreground relevance (Eq. 20).  ``None`` (the
             default): set automatically from the current model's foreground relevance over the
-            last epoch of the heatmap-loss warm-up (:func:`isnet.loss.natural_range`; at the first
-            step when there is no warm-up); until then ``L2`` is left out of the loss.  Numbers
+            last epoch of the heatmap-loss warm-up, or the first epoch when there is none
+            (:func:`isnet.loss.natural_range`; outside a trainer from the first batch); until then
+            ``L2`` is left out of the loss.  Numbers
             fix them, e.g. from a standard classifier (:func:`estimate_c1_c2`, Appendix F.3).
         heatmap_warmup_epochs: ``P`` rises linearly from 0 at the first step to its value at
             the end of this many epochs (0: the paper's constant ``P``).  Validation losses and
@@ -171,13 +172,16 @@ class ISNetModule(SystemModule):
         """Collect foreground relevances over the warm-up's last epoch; set C1, C2 when it ends."""
         g = foreground_relevance(heatmaps.detach().double(), prepare_masks(masks, heatmaps.detach().double()))
         hp = self.hparams
-        step, total = self.global_step, self.warmup_steps()
         current = torch.stack([g.new_tensor(g.numel()), g.sum(), (g**2).sum()])
-        if step < total:
-            if step >= total - self._steps_per_epoch():
-                self._relevance_stats.append(current)
-            if step < total - 1:
-                return
+        if self._trainer is not None:
+            # observe one epoch: the warm-up's last, or the first when there is no warm-up
+            step, per_epoch = self.global_step, self._steps_per_epoch()
+            end = max(self.warmup_steps(), round(per_epoch))
+            if step < end:
+                if step >= end - per_epoch:
+                    self._relevance_stats.append(current)
+                if step < end - 1:
+                    return
         stats = torch.stack(self._relevance_stats).sum(0) if self._relevance_stats else current
         if self._trainer is not None and self.trainer.world_size > 1:
             stats = self.trainer.strategy.reduce(stats, reduce_op="sum")  # every process gets the same range

@@ -136,3 +136,11 @@ def test_c1_c2_set_by_hand_replace_the_estimate(tmp_path):
     report = run_benchmark(tmp_path, profile=TINY, progress=False, models="isnet", C1=0.5, C2=7.0)
     assert (report["C1"], report["C2"]) == (0.5, 7.0)
     assert "C1 = 0.5, C2 = 7" in (tmp_path / "report.md").read_text()
+
+
+def test_the_benchmark_isnet_keeps_its_recipe_without_heatmap_warmup():
+    from isnet.benchmark import _settings
+
+    method, settings, _ = _settings("isnet", TINY, ["a", "b", "c"], {"lrp": (0.5, 7.0)})
+    assert method == "isnet" and settings["heatmap_warmup_epochs"] == 0.0
+    assert (settings["C1"], settings["C2"], settings["optimizer"]) == (0.5, 7.0, "adam")

@@ -262,3 +262,16 @@ def test_isnet_with_the_defaults_learns_from_a_random_start(tmp_path):
             correct = sum(int((module(b["image"]).argmax(1) == b["label"]).sum()) for b in dm.val_dataloader())
         accuracies.append(correct / 30)
     assert min(accuracies) >= 0.7, accuracies
+
+
+def test_without_warmup_the_range_comes_from_the_first_epoch(data, tmp_path):
+    """Full P from the first step; L2 is left out (logged 0) until C1, C2 are set at the first epoch's end."""
+    from isnet.training import train
+
+    L.seed_everything(0, verbose=False)
+    module = ISNetModule("small_cnn", 3, P=0.6, arch_kwargs={"width": 4}, heatmap_warmup_epochs=0)
+    train(module, data, tmp_path, max_epochs=2, progress=False)
+    rows = [r for r in csv.DictReader((tmp_path / "logs" / "metrics.csv").open()) if r.get("train/P")]
+    assert [float(r["train/P"]) for r in rows] == pytest.approx([0.6, 0.6])
+    assert float(rows[1]["train/C2"]) == pytest.approx(module.criterion.C2, rel=1e-5)
+    assert module.range_known and 0 < module.criterion.C1 < module.criterion.C2

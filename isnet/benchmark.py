@@ -97,6 +97,9 @@ class Profile:
     momentum: float = 0.9
     lr_schedule: str = "cosine"
     warmup_epochs: float = 0.0
+    # The ISNet starts warm from the standard classifier, with the full P from its first step (no
+    # heatmap-loss warm-up, unlike ISNetModule's default) and C1, C2 from the standard classifier.
+    heatmap_warmup_epochs: float = 0.0
     C1: float | None = None  # ISNet's foreground-relevance range; None: estimated (Appendix F.3)
     C2: float | None = None
     # the comparison systems (Appendix B.1), sized for the CPU
@@ -155,7 +158,8 @@ def _settings(method: str, prof: Profile, classes: list[str], c: dict[str, tuple
     if method in ("standard", "reference"):
         return "standard", backbone, standard_epochs
     if method == "isnet":
-        return "isnet", dict(backbone, P=P, d=d, C1=c["lrp"][0], C2=c["lrp"][1]), prof.isnet_epochs
+        return "isnet", dict(backbone, P=P, d=d, C1=c["lrp"][0], C2=c["lrp"][1],
+                             heatmap_warmup_epochs=prof.heatmap_warmup_epochs), prof.isnet_epochs
     if method == "isnet_gi":
         return "isnet_gi", dict(backbone, P=P, d=d, C1=c["grad_input"][0], C2=c["grad_input"][1]), \
             prof.gradient_epochs

@@ -135,6 +135,8 @@ def _fit(args: argparse.Namespace) -> int:
 
     overrides = list(args.set) + ([f"model.method={args.method}"] if args.method else [])
     cfg = load_config(args.config, overrides)
+    if args.init_from:
+        cfg["model"]["init_from"] = args.init_from
     L.seed_everything(cfg["seed_everything"], verbose=False)
     data = MaskedImageDataModule(**cfg["data"])
     data.setup()
@@ -147,9 +149,15 @@ def _fit(args: argparse.Namespace) -> int:
         cfg["model"].update(C1=model_args["C1"], C2=model_args["C2"])
         print(f"C1 = {model_args['C1']:.4g}, C2 = {model_args['C2']:.4g} from {args.estimate_c_from}")
     method = model_args.pop("method")
+    init = model_args.pop("init_from", None)
     if "image_size" in system_parameters(method) and "image_size" not in model_args:
         model_args["image_size"] = data.prep.size  # e.g. the ViT's patch grid follows the data
     module = build_system(method, data.num_classes, class_names=data.classes, **model_args)
+    if init:
+        from .warm_start import init_from
+
+        loaded = init_from(module, init)
+        print(f"initialised the {method} model's {loaded['tensors']} weight tensors from {init} ({loaded['kind']})")
     trainer = dict(cfg["trainer"])
     max_epochs = trainer.pop("max_epochs", 48)
     out = Path(cfg["out"])
@@ -362,6 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue from <out>/checkpoints/last.ckpt (weights, optimiser, schedule, epoch, random state); "
                         "the config must match <out>/config.yaml except trainer.max_epochs")
+    p.add_argument("--init-from", metavar="PATH",
+                   help="start from the deployed backbone's weights in this checkpoint or model file (same "
+                        "architecture; weights only, no optimiser state); overrides model.init_from")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=_fit)
 

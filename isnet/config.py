@@ -9,6 +9,7 @@ Example::
       backbone: densenet121
       P: 0.7
       d: 0.9
+      init_from: runs/std/checkpoints/best-epoch=12.ckpt   # optional warm start (isnet.warm_start)
     data:             # isnet.data.MaskedImageDataModule arguments
       root: /data/covid
       size: 224
@@ -49,7 +50,7 @@ def allowed_keys(method: str = "isnet") -> dict[str, set[str]]:
     from .systems.registry import system_parameters
 
     return {
-        "model": (system_parameters(method) | {"method"}) - {"num_classes", "class_names"},
+        "model": (system_parameters(method) | {"method", "init_from"}) - {"num_classes", "class_names"},
         "data": _parameters(MaskedImageDataModule.__init__),
         # heatmap_images: isnet.training.train's own option (TensorBoard heatmaps per class, 0: none)
         "trainer": (_parameters(L.Trainer.__init__) - {"callbacks", "logger", "gradient_clip_val"}) | {"heatmap_images"},
@@ -113,7 +114,8 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> dict[
             raise ConfigError(f"unknown key(s) {sorted(bad)} in section {section!r}; allowed: {sorted(allowed[section])}")
     if "root" not in config["data"]:
         raise ConfigError("section 'data' needs 'root': the dataset folder with manifest.csv")
-    for key, kind in (("P", (int, float)), ("d", (int, float)), ("lr", (int, float)), ("backbone", str)):
+    for key, kind in (("P", (int, float)), ("d", (int, float)), ("lr", (int, float)), ("backbone", str),
+                      ("init_from", str)):
         if key in config["model"] and not isinstance(config["model"][key], kind):
             raise ConfigError(f"model.{key} has the wrong type: {config['model'][key]!r}")
     config["model"].setdefault("method", "isnet")

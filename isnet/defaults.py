@@ -30,6 +30,8 @@ NORMALISATION_E: float = 1e-10
 CLAMP: float = 1e-7
 
 # -- optimisation (Appendix F.2) ---------------------------------------------------------------
+#: The paper's optimiser: SGD, momentum 0.99, learning rate 1e-3, constant (the shipped configs'
+#: setting, and that of the comparison systems).
 LEARNING_RATE: float = 1e-3
 MOMENTUM: float = 0.99
 WEIGHT_DECAY: float = 0.0
@@ -37,3 +39,32 @@ GRADIENT_CLIP_NORM: float = 1.0
 #: Train ISNets with channels-last tensors: on the CPU their relevance pass's convolutions
 #: run about twice as fast (``benchmarks/training_speed.py``); not a setting of the paper.
 CHANNELS_LAST: bool = True
+
+# -- training from a random start (not settings of the paper; README "Training") --------------
+#: Balance P of the ISNet loss (the paper's COVID-19 / tuberculosis setting, Appendix F.2).
+P: float = 0.7
+#: GWRP decay d of the background loss: 0.996, one of the three values the paper suggests (0.9, 0.996,
+#: 1; its facial-attribute setting).  GWRP weighs about the top 1 / (1 - d) background pixels: 250 at
+#: 0.996, 10 at 0.9, where a bias spread over a few hundred pixels (a stripe) went unpunished.
+D: float = 0.996
+#: Heatmap-loss warm-up: P rises linearly from 0 to its value over this many epochs.  At a random
+#: start the gradient of the heatmap loss is 3 to 40 times that of the classification loss
+#: (measured on a small CNN), so with the full P from step 0 the network is shaped by the heatmaps
+#: before it classifies at all.
+HEATMAP_WARMUP_EPOCHS: float = 5.0
+#: Automatic C1, C2 (``C1=None``, ``C2=None``): from the mean m and standard deviation s of the
+#: current model's total absolute foreground relevance, C1 = max(m * AUTO_C1_FRACTION,
+#: m - AUTO_C_SPREAD * s), C2 = min(AUTO_C2_RATIO * C1, m + AUTO_C_SPREAD * s), measured over the
+#: last epoch of the heatmap-loss warm-up.
+AUTO_C_SPREAD: float = 3.0
+AUTO_C1_FRACTION: float = 0.2
+AUTO_C2_RATIO: float = 25.0
+
+#: ISNetModule's (``isnet fit --method isnet`` / ``standard``) optimiser: Adam, beta1 0.9, learning
+#: rate 1e-3, cosine-annealed to 0 over the run.  Not the paper's: on small data from a random start
+#: SGD with momentum 0.99 let the ISNet's accuracy collapse to chance after 23 epochs (spikes of the
+#: foreground loss carried by the momentum), see README "Training".
+ISNET_OPTIMIZER: str = "adam"
+ISNET_LEARNING_RATE: float = 1e-3
+ISNET_MOMENTUM: float = 0.9
+ISNET_LR_SCHEDULE: str = "cosine"

@@ -105,6 +105,60 @@ def background_loss(
     return -torch.log1p(-f).mean()  # Eqs. 17, 18
 
 
+def foreground_relevance(heatmaps: Tensor, masks: Tensor) -> Tensor:
+    """Total absolute foreground relevance ``g(H_bk) = Sum(|H_bk| M_b)`` (Eq. 19).
+
+    Args:
+        heatmaps: ``(B, K, C, H, W)``.
+        masks: ``(B, 1, 1, H, W)`` binary (see :func:`prepare_masks`).
+
+    Returns:
+        ``(B, K)``.
+    """
+    return (heatmaps.abs() * masks).sum((2, 3, 4))
+
+
+def natural_range(relevance: Tensor, *, spread: float = defaults.AUTO_C_SPREAD,
+                  c1_fraction: float = defaults.AUTO_C1_FRACTION,
+                  c2_ratio: float = defaults.AUTO_C2_RATIO) -> tuple[float, float]:
+    """``(C1, C2)`` of the foreground loss from observed foreground relevances (the authors' rule).
+
+    With ``m`` and ``s`` the mean and standard deviation of ``relevance``:
+    ``C1 = max(c1_fraction * m, m - spread * s)`` and ``C2 = min(c2_ratio * C1, m + spread * s)``
+    (defaults: ``max(m / 5, m - 3 s)`` and ``min(25 C1, m + 3 s)``).  Computed in float64.
+
+    Args:
+        relevance: total absolute foreground relevances ``g(H_bk)`` of any shape (e.g. ``(B, K)``
+            from :func:`foreground_relevance`), at least two values.
+
+    Raises:
+        ValueError: fewer than two values, a non-finite value, a mean that is not positive, or
+            values so alike that the rule gives no range (``C1 >= C2``).
+    """
+    values = relevance.detach().double().flatten()
+    std = float(values.std()) if values.numel() > 1 else 0.0
+    return natural_range_from_moments(float(values.mean()), std, values.numel(), spread=spread,
+                                      c1_fraction=c1_fraction, c2_ratio=c2_ratio)
+
+
+def natural_range_from_moments(mean: float, std: float, count: int, *, spread: float = defaults.AUTO_C_SPREAD,
+                               c1_fraction: float = defaults.AUTO_C1_FRACTION,
+                               c2_ratio: float = defaults.AUTO_C2_RATIO) -> tuple[float, float]:
+    """:func:`natural_range` from the mean, (sample) standard deviation and number of the values."""
+    if count < 2:
+        raise ValueError(f"the natural range of foreground relevance needs at least 2 values, got {count}")
+    if not (math.isfinite(mean) and math.isfinite(std)):
+        raise ValueError("foreground relevances for the natural range contain NaN or infinity")
+    if not mean > 0:
+        raise ValueError(f"foreground relevances have mean {mean:.3g}: the heatmaps are empty, no natural range")
+    c1 = max(c1_fraction * mean, mean - spread * std)
+    c2 = min(c2_ratio * c1, mean + spread * std)
+    if not 0 < c1 < c2:
+        raise ValueError(f"foreground relevances (mean {mean:.3g}, std {std:.3g}) give no range: C1 = {c1:.3g}, "
+                         f"C2 = {c2:.3g}")
+    return c1, c2
+
+
 def foreground_loss(heatmaps: Tensor, masks: Tensor, C1: float = defaults.C1, C2: float = defaults.C2) -> Tensor:
     """L2, Algorithm 3 / Eqs. 19-21.
 
@@ -116,7 +170,7 @@ def foreground_loss(heatmaps: Tensor, masks: Tensor, C1: float = defaults.C1, C2
         Scalar: mean over b, k of the squared distance of ``g = sum |H| M`` to
         ``[C1, C2]``, divided by ``C1^2``.
     """
-    g = (heatmaps.abs() * masks).sum((2, 3, 4))  # (B, K), Eq. 19
+    g = foreground_relevance(heatmaps, masks)  # (B, K), Eq. 19
     below = (C1 - g).clamp(min=0)
     above = (g - C2).clamp(min=0)
     return ((below**2 + above**2) / C1**2).mean()  # Eqs. 20, 21
@@ -155,7 +209,9 @@ class ISNetLoss:
         E, w1, w2, C1, C2: see Section 4.3; defaults from the paper.
         multilabel: binary cross-entropy instead of cross-entropy for ``L_C``.
 
-    Call as ``loss(logits (B, K), labels, heatmaps (B, K, C, H, W), masks (B, [1,] H, W))``.
+    Call as ``loss(logits (B, K), labels, heatmaps (B, K, C, H, W), masks (B, [1,] H, W))``;
+    ``P=`` overrides the balance for this call (a heatmap-loss warm-up), ``foreground=False``
+    leaves ``L2`` out (reported as 0; while ``C1``, ``C2`` are not yet known).
     Computed in float32 (or float64 for float64 inputs) whatever precision the model ran in.
     """
 
@@ -182,11 +238,15 @@ class ISNetLoss:
         self.P, self.d, self.E, self.w1, self.w2, self.C1, self.C2 = P, d, E, w1, w2, C1, C2
         self.multilabel = multilabel
 
-    def __call__(self, logits: Tensor, labels: Tensor, heatmaps: Tensor | None, masks: Tensor | None) -> ISNetLossOutput:
+    def __call__(self, logits: Tensor, labels: Tensor, heatmaps: Tensor | None, masks: Tensor | None, *,
+                 P: float | None = None, foreground: bool = True) -> ISNetLossOutput:
+        P = self.P if P is None else P
+        if not 0.0 <= P <= 1.0:
+            raise ValueError(f"P must lie in [0, 1], got {P}")
         with torch.autocast(device_type=logits.device.type, enabled=False):
             logits = _at_least_float32(logits)
             lc = classification_loss(logits, labels, self.multilabel)
-            if self.P == 0 and heatmaps is None:
+            if P == 0 and heatmaps is None:
                 zero = lc.new_zeros(())
                 return ISNetLossOutput(lc, lc, zero, zero, zero)
             if heatmaps is None or masks is None:
@@ -198,9 +258,9 @@ class ISNetLoss:
             heatmaps = _at_least_float32(heatmaps)
             m = prepare_masks(masks, heatmaps)
             l1 = background_loss(heatmaps, m, self.d, self.E)
-            l2 = foreground_loss(heatmaps, m, self.C1, self.C2)
+            l2 = foreground_loss(heatmaps, m, self.C1, self.C2) if foreground else l1.new_zeros(())
             heat = self.w1 * l1 + self.w2 * l2
-            total = (1 - self.P) * lc + self.P * heat
+            total = (1 - P) * lc + P * heat
         return ISNetLossOutput(total, lc, heat, l1, l2)
 
 

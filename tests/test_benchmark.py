@@ -245,3 +245,11 @@ def test_unknown_bias_kind_is_named_before_anything_is_written(tmp_path, capsys)
     assert main(["benchmark", "--out", str(tmp_path / "cli"), "--bias", "stripes", "--quiet"]) == 2
     assert "unknown bias kind 'stripes'" in capsys.readouterr().err
     assert not (tmp_path / "cli").exists()
+
+
+def test_the_benchmark_isnet_keeps_its_recipe_without_heatmap_warmup():
+    from isnet.benchmark import _settings
+
+    method, settings, _ = _settings("isnet", TINY, ["a", "b", "c"], {"lrp": (0.5, 7.0)})
+    assert method == "isnet" and settings["heatmap_warmup_epochs"] == 0.0
+    assert (settings["C1"], settings["C2"], settings["optimizer"]) == (0.5, 7.0, "adam")

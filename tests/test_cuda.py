@@ -72,7 +72,8 @@ def radiographs(tmp_path_factory):
 @pytest.mark.parametrize("precision", ["32-true", "16-mixed", "bf16-mixed"])
 def test_isnet_trains_on_the_gpu(radiographs, tmp_path, precision):
     L.seed_everything(0, verbose=False)
-    module = ISNetModule("densenet121", radiographs.num_classes, P=0.7, lr=0.01, momentum=0.9, C1=0.1, C2=50.0)
+    module = ISNetModule("densenet121", radiographs.num_classes, P=0.7, lr=0.01, momentum=0.9, C1=0.1, C2=50.0,
+                         optimizer="sgd", lr_schedule="constant", heatmap_warmup_epochs=0)
     module, best = train(module, radiographs, tmp_path, max_epochs=5, progress=False, precision=precision,
                          accelerator="gpu", devices=1)
     with open(tmp_path / "logs" / "metrics.csv") as f:

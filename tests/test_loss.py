@@ -154,3 +154,59 @@ def test_bad_hyper_parameters():
     for kwargs in ({"P": 1.5, "d": 0.9}, {"P": 0.5, "d": -0.1}, {"P": 0.5, "d": 0.9, "C1": 2.0, "C2": 1.0}):
         with pytest.raises(ValueError):
             ISNetLoss(**kwargs)
+
+
+def test_natural_range_follows_the_authors_rule():
+    from isnet.loss import foreground_relevance, natural_range
+
+    # g = Sum(|H| M) per heatmap, built from constructed heatmaps: one relevance value per image row
+    H = torch.zeros(4, 2, 1, 4, 4, dtype=torch.float64)
+    M = torch.zeros(4, 1, 1, 4, 4, dtype=torch.float64)
+    M[..., :2, :] = 1  # foreground: the top two rows (8 pixels)
+    values = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 8.0]], dtype=torch.float64)
+    H[..., :2, :] = -(values / 8)[..., None, None, None]  # signs do not matter: absolute relevance
+    H[..., 2:, :] = 100.0  # background relevance does not count
+    g = foreground_relevance(H, M)
+    torch.testing.assert_close(g, values)
+    m, s = values.mean().item(), values.std().item()  # 4.5, 2.449 (sample std)
+    c1, c2 = natural_range(g)
+    assert c1 == pytest.approx(max(m / 5, m - 3 * s)) and c1 == pytest.approx(0.9)  # m - 3 s < 0: m / 5 wins
+    assert c2 == pytest.approx(min(25 * c1, m + 3 * s)) and c2 == pytest.approx(m + 3 * s)
+    # a narrow spread: C1 = m - 3 s; a wide one capped by C2 = 25 C1
+    narrow = torch.tensor([10.0, 10.2, 9.8, 10.1, 9.9], dtype=torch.float64)
+    s = narrow.std().item()
+    assert natural_range(narrow) == pytest.approx((10 - 3 * s, 10 + 3 * s))
+    wide = torch.tensor([0.0] * 99 + [100.0], dtype=torch.float64)  # m = 1, s = 10
+    c1, c2 = natural_range(wide)
+    assert c1 == pytest.approx(0.2) and c2 == pytest.approx(5.0)
+
+
+def test_natural_range_rejects_what_gives_no_range():
+    from isnet.loss import natural_range
+
+    with pytest.raises(ValueError, match="at least 2"):
+        natural_range(torch.tensor([1.0]))
+    with pytest.raises(ValueError, match="empty"):
+        natural_range(torch.zeros(6))
+    with pytest.raises(ValueError, match="NaN"):
+        natural_range(torch.tensor([1.0, float("nan")]))
+    with pytest.raises(ValueError, match="no range"):
+        natural_range(torch.full((5,), 2.0))  # std 0: C1 = C2 = 2
+
+
+def test_p_override_and_loss_without_the_foreground_term():
+    logits, labels = torch.randn(3, 2, dtype=torch.float64), torch.tensor([0, 1, 1])
+    H = torch.randn(3, 2, 1, 8, 8, dtype=torch.float64)
+    M = torch.zeros(3, 8, 8, dtype=torch.float64)
+    M[:, 2:6, 2:6] = 1
+    loss = ISNetLoss(0.7, 0.9, C1=50.0, C2=60.0)  # the foreground term is far from zero here
+    full, at_p0 = loss(logits, labels, H, M), loss(logits, labels, H, M, P=0.0)
+    torch.testing.assert_close(at_p0.total, full.classification)
+    at_half = loss(logits, labels, H, M, P=0.5)
+    torch.testing.assert_close(at_half.total, 0.5 * full.classification + 0.5 * full.heatmap)
+    assert full.foreground > 0
+    no_l2 = loss(logits, labels, H, M, foreground=False)
+    assert no_l2.foreground == 0
+    torch.testing.assert_close(no_l2.total, 0.3 * full.classification + 0.7 * full.background)
+    with pytest.raises(ValueError, match="P must lie"):
+        loss(logits, labels, H, M, P=1.5)

@@ -285,3 +285,126 @@ def test_train_leaves_the_callers_warning_filters_and_log_levels_alone(data, tmp
     module = ISNetModule("small_cnn", 3, P=0.0, arch_kwargs={"width": 4}, class_names=["a", "b", "c"])
     train(module, data, tmp_path, max_epochs=1, progress=False, accelerator="cpu", heatmap_images=0)
     assert logger.level == level and warnings.filters == filters
+
+
+def test_warmup_weight_rises_from_zero_to_p():
+    from isnet.training import warmup_weight
+
+    assert warmup_weight(0, 0.7, 10) == 0.0
+    assert warmup_weight(5, 0.7, 10) == pytest.approx(0.35)
+    assert warmup_weight(9, 0.7, 10) == pytest.approx(0.63)
+    assert warmup_weight(10, 0.7, 10) == 0.7 and warmup_weight(1000, 0.7, 10) == 0.7
+    assert warmup_weight(0, 0.7, 0) == 0.7  # no warm-up: the paper's constant P
+    with pytest.raises(ValueError, match=">= 0"):
+        warmup_weight(-1, 0.7, 10)
+
+
+def test_warmup_and_automatic_range_in_training(data, tmp_path):
+    """Logged P per epoch is the mean of the schedule over the epoch's steps; C1, C2 are set from the
+    warm-up's last epoch, kept in the checkpoint and used from then on; warm-up epochs are not chosen."""
+    from isnet.training import train
+
+    steps = len(data.train_dataloader())  # 6 steps per epoch
+    L.seed_everything(0, verbose=False)
+    module = ISNetModule("small_cnn", 3, P=0.6, arch_kwargs={"width": 4}, heatmap_warmup_epochs=2)
+    assert not module.range_known
+    module, best = train(module, data, tmp_path, max_epochs=3, progress=False)
+    rows = list(csv.DictReader((tmp_path / "logs" / "metrics.csv").open()))
+    train_rows = [r for r in rows if r.get("train/P")]
+    total = 2 * steps
+    for epoch, row in enumerate(train_rows):
+        expected = sum(min(0.6, 0.6 * s / total) for s in range(epoch * steps, (epoch + 1) * steps)) / steps
+        assert float(row["train/P"]) == pytest.approx(expected, rel=1e-5)
+    # the range is known from the warm-up's last step on: logged in epochs 1 and 2 (mean of a constant)
+    assert not train_rows[0].get("train/C1")
+    assert float(train_rows[1]["train/C1"]) == pytest.approx(module.criterion.C1, rel=1e-5)
+    assert module.range_known and 0 < module.criterion.C1 < module.criterion.C2
+    assert best.name == "best-epoch=2.ckpt"  # epochs 0 and 1 were warm-up
+    reloaded = ISNetModule.load_from_checkpoint(best)
+    assert reloaded.range_known and reloaded.criterion.C2 == module.criterion.C2
+
+
+def test_given_c1_c2_are_kept_and_used_from_the_start(data):
+    module = ISNetModule("small_cnn", 3, P=0.6, arch_kwargs={"width": 4}, C1=0.5, C2=9.0, heatmap_warmup_epochs=0)
+    assert module.range_known
+    fit(module, data, epochs=1)
+    assert (module.criterion.C1, module.criterion.C2) == (0.5, 9.0)
+    with pytest.raises(ValueError, match="C1 must be positive"):
+        ISNetModule("small_cnn", 3, C1=0.0)
+    with pytest.raises(ValueError, match="heatmap_warmup_epochs"):
+        ISNetModule("small_cnn", 3, heatmap_warmup_epochs=-1)
+
+
+def test_natural_range_without_warmup_comes_from_the_first_batch(data):
+    from isnet.loss import foreground_relevance, natural_range, prepare_masks
+
+    L.seed_everything(0, verbose=False)
+    module = ISNetModule("small_cnn", 3, arch_kwargs={"width": 4}, heatmap_warmup_epochs=0).double()
+    batch = next(iter(data.train_dataloader()))
+    batch = {**batch, "image": batch["image"].double()}
+    with torch.no_grad():
+        _, heatmaps = module.net(module._layout(batch["image"]), heatmaps=True)
+    expected = natural_range(foreground_relevance(heatmaps, prepare_masks(batch["mask"], heatmaps)))
+    module.train()
+    parts, _ = module.losses(batch)  # outside a trainer: full P, range from this batch
+    assert (module.criterion.C1, module.criterion.C2) == pytest.approx(expected)
+    assert float(parts["P"]) == module.hparams.P
+
+
+def _squares(root, per_class, seed):
+    """A tiny task: the class is the colour of a square (the foreground) on a noisy background."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (root / "im").mkdir(parents=True)
+    lines = ["image,mask,label,split"]
+    for split, n in (("train", per_class), ("val", 10)):
+        for k in range(3):
+            for i in range(n):
+                image = rng.uniform(0, 0.5, (32, 32, 3))
+                mask = np.zeros((32, 32), np.uint8)
+                top, left = rng.integers(2, 18, 2)
+                colour = np.full(3, 0.1)
+                colour[k] = 0.9
+                image[top:top + 12, left:left + 12] = colour
+                mask[top:top + 12, left:left + 12] = 255
+                name = f"{split}_{k}_{i}"
+                Image.fromarray((image * 255).astype(np.uint8)).save(root / "im" / f"{name}.png")
+                Image.fromarray(mask).save(root / "im" / f"{name}_m.png")
+                lines.append(f"im/{name}.png,im/{name}_m.png,c{k},{split}")
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_isnet_with_the_defaults_learns_from_a_random_start(tmp_path):
+    """Default ISNetModule settings (optimiser, P, d, warm-up, automatic C1 and C2) on a task a
+    classifier learns in a few epochs: validation accuracy far above chance (1/3) for each of two seeds."""
+    from isnet.training import train
+
+    accuracies = []
+    for seed in (0, 1):
+        dm = MaskedImageDataModule(_squares(tmp_path / f"d{seed}", 30, seed), size=32, augment=False, batch_size=8,
+                                   cache=True)
+        dm.setup()
+        L.seed_everything(seed, verbose=False)
+        module = ISNetModule("small_cnn", 3, arch_kwargs={"width": 8})
+        module, _ = train(module, dm, tmp_path / f"run{seed}", max_epochs=8, progress=False)
+        module.eval()
+        with torch.no_grad():
+            correct = sum(int((module(b["image"]).argmax(1) == b["label"]).sum()) for b in dm.val_dataloader())
+        accuracies.append(correct / 30)
+    assert min(accuracies) >= 0.7, accuracies
+
+
+def test_without_warmup_the_range_comes_from_the_first_epoch(data, tmp_path):
+    """Full P from the first step; L2 is left out (logged 0) until C1, C2 are set at the first epoch's end."""
+    from isnet.training import train
+
+    L.seed_everything(0, verbose=False)
+    module = ISNetModule("small_cnn", 3, P=0.6, arch_kwargs={"width": 4}, heatmap_warmup_epochs=0)
+    train(module, data, tmp_path, max_epochs=2, progress=False)
+    rows = [r for r in csv.DictReader((tmp_path / "logs" / "metrics.csv").open()) if r.get("train/P")]
+    assert [float(r["train/P"]) for r in rows] == pytest.approx([0.6, 0.6])
+    assert float(rows[1]["train/C2"]) == pytest.approx(module.criterion.C2, rel=1e-5)
+    assert module.range_known and 0 < module.criterion.C1 < module.criterion.C2

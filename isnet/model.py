@@ -23,7 +23,8 @@ class ISNet(nn.Module):
         epsilon, zb, low, high: LRP settings, see :func:`isnet.explain` (defaults:
             :mod:`isnet.defaults`); or ``settings``, an :class:`isnet.lrp.LRPSettings`.
         rule: ``"epsilon"`` (the paper's), ``"zplus"``, a composite, or a list of them
-            (then ``heatmaps=True`` returns a tuple of heatmaps from one forward pass).
+            (then ``heatmaps=True`` returns a tuple of heatmaps from one forward pass).  Pickling
+            the ISNet pickles the composite too: the named presets always pickle.
 
     Example:
         >>> net = ISNet(torchvision.models.resnet18(num_classes=3))

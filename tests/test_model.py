@@ -142,7 +142,7 @@ def test_an_isnet_pickled_with_loose_settings_still_loads():
     net = make("vgg11")
     state = net.__getstate__()
     del state["lrp_settings"], state["_rule"]
-    state["_lrp_settings"] = dict(epsilon=0.2, zb=False, low=0.0, high=1.0)
+    state["_lrp_settings"] = {"epsilon": 0.2, "zb": False, "low": 0.0, "high": 1.0}
     old = ISNet.__new__(ISNet)
     old.__setstate__(state)
     assert old.lrp_settings.epsilon == 0.2 and not old.lrp_settings.zb

@@ -35,8 +35,8 @@ from torch import fx, nn
 
 from .layers import LAYER_TYPES, NORM_TYPES, AffineLayer
 from .rules import (
-    Add,
     AdaptiveAvgPool,
+    Add,
     AvgPool,
     Concat,
     Epsilon,

@@ -37,7 +37,7 @@ from .passes import Plan, TracedModel, UnsupportedOperationError, build_plan
 from .rules import Rule
 from .settings import Bound, LRPSettings, settings_from
 
-RuleFactory = Callable[[nn.Module, float], Rule]
+LegacyRuleFactory = Callable[[nn.Module, float], Rule]
 
 __all__ = ["LRPGraph", "UnsupportedOperationError"]
 
@@ -91,7 +91,7 @@ class LRPGraph:
         zb: bool | None = None,
         low: Bound | None = None,
         high: Bound | None = None,
-        rules: Mapping[type, RuleFactory] | None = None,
+        rules: Mapping[type, LegacyRuleFactory] | None = None,
         rule: RuleSpec | Sequence[RuleSpec] = "epsilon",
         settings: LRPSettings | None = None,
     ) -> None:

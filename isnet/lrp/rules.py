@@ -127,12 +127,12 @@ class Rule:
         """Whether this rule propagates through ``norm`` too (a batch norm fused into its layer)."""
         return False
 
-    def same_forward(self, other: "Rule") -> bool:
+    def same_forward(self, other: Rule) -> bool:
         """Whether ``other`` runs the same forward pass, so that both can share its activations
         (several composites explained from one forward)."""
         return type(self).forward is type(other).forward
 
-    def merge_prefix(self, merged: int) -> "Rule | None":
+    def merge_prefix(self, merged: int) -> Rule | None:
         """A rule that hands the relevance of its first ``merged`` inputs on as one piece, or
         ``None`` if it cannot (see :class:`Concat`)."""
         return None

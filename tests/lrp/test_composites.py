@@ -84,7 +84,6 @@ def test_first_match_wins_and_a_factory_may_pass():
 
     def undecided(ctx):
         passed.append((ctx.where, ctx.first))
-        return None
 
     composite = Composite([(nn.Linear, undecided), (nn.Linear, lambda ctx: ZPlus(ctx.layer, 0.0)),
                            (nn.Linear, lambda ctx: Epsilon(ctx.layer, 0.0))], name="mine")
@@ -100,7 +99,6 @@ def test_first_layer_entry_sees_the_layer_that_takes_the_image():
 
     def record(ctx):
         firsts.append(ctx.node.target)
-        return None
 
     LRPGraph(conv_bn_net(), rule=epsilon_composite().with_rules([(FIRST_LAYER, record)]))
     assert firsts == ["0"]

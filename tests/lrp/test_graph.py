@@ -309,6 +309,7 @@ def test_two_composites_from_one_forward_equal_two_separate_calls():
     net = torchvision.models.resnet18(weights=None, num_classes=3).double().eval()
     x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
     logits, (eps_maps, zplus_maps) = LRPGraph(net, rule=["epsilon", "zplus"])(x)
+    torch.testing.assert_close(logits, net(x), rtol=0, atol=0)
     torch.testing.assert_close(eps_maps, explain(net, x), rtol=0, atol=0)
     torch.testing.assert_close(zplus_maps, explain(net, x, rule="zplus"), rtol=0, atol=0)
     assert not torch.allclose(eps_maps, zplus_maps)

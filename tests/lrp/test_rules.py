@@ -8,7 +8,15 @@ from torch import nn
 
 from isnet import LRPGraph, explain
 
-from .reference import dense_matrix, divide, epsilon_rule, max_pool_winners, winner_takes_all, zb_rule, zplus_rule
+from .reference import (
+    dense_matrix,
+    divide,
+    epsilon_rule,
+    max_pool_winners,
+    winner_takes_all,
+    zb_rule,
+    zplus_rule,
+)
 
 LAYER_RULES = {"epsilon": epsilon_rule, "zplus": zplus_rule}
 

@@ -90,7 +90,10 @@ def build_plan(traced: TracedModel, composite: Composite, settings: LRPSettings)
                 plan.steps[norm_node] = Step(rule, node, rule.input_nodes(node))
                 contexts[norm_node] = ctx
                 continue
+            # Ask again for the layer alone (ctx.layer without the norm), so that a rule that built
+            # on ctx.layer but does not say it fuses cannot apply the norm twice.
             ctx.norm, ctx.where = None, traced.where(node)
+            rule = composite.rule_for(ctx)
         if rule is None:
             _no_rule(traced, node)
             plan.unknown.add(node)  # may be a shape query; checked when it runs

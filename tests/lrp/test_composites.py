@@ -149,3 +149,28 @@ def test_zplus_composite_keeps_lone_norms_under_epsilon():
     rules = rules_by_module(LRPGraph(net, rule=zplus_composite()))
     assert type(rules["3"]) is Epsilon and rules["3"].layer.layer is None
     assert type(rules["5"]) is ZPlus
+
+
+def test_a_rule_that_does_not_say_it_fuses_gets_the_layer_without_the_norm():
+    """A user's rule built on ``ctx.layer`` that does not override ``Rule.fuses`` is asked for
+    again with the layer alone: the norm runs once, under its own rule."""
+
+    class Plain(Epsilon):
+        def fuses(self, norm):
+            return False
+
+    net = conv_bn_net()
+    graph = LRPGraph(net, rule=epsilon_composite().with_rules({nn.Conv2d: lambda ctx: Plain(ctx.layer, 0.01)}),
+                     zb=False)
+    rules = rules_by_module(graph)
+    assert rules["0"].layer.norm is None and rules["3"].layer.norm is None
+    assert rules["1"].layer.layer is None and rules["1"].layer.norm is net[1]
+    x = torch.rand(2, 3, 6, 6, dtype=torch.float64)
+    logits, heatmaps = graph(x)
+    torch.testing.assert_close(logits, net(x), rtol=0, atol=0)  # each norm ran once
+    # Unfused, a norm is a lone per-channel layer: at epsilon = 0 the heatmaps are still Gradient*Input.
+    h0 = LRPGraph(net, rule=epsilon_composite().with_rules({nn.Conv2d: lambda ctx: Plain(ctx.layer, 0.0)}),
+                  epsilon=0.0, zb=False)(x)[1]
+    xg = x.clone().requires_grad_(True)
+    grad = torch.autograd.grad(net(xg)[:, 1].sum(), xg)[0]
+    torch.testing.assert_close(h0[:, 1], (x * grad), rtol=1e-10, atol=1e-12)

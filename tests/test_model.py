@@ -120,7 +120,7 @@ def test_sync_batch_norm_gets_a_clear_error():
 
 
 def test_per_image_classes_rules_and_several_composites_through_the_isnet():
-    net = make("vgg11").double()
+    net = ISNet(build_backbone("small_cnn", 3)).double().eval()
     x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
     _, full = net(x, heatmaps=True)
     labels = torch.tensor([[2], [0]])
@@ -139,7 +139,7 @@ def test_per_image_classes_rules_and_several_composites_through_the_isnet():
 
 def test_an_isnet_pickled_with_loose_settings_still_loads():
     """ISNets pickled before LRPSettings kept the settings as a dict."""
-    net = make("vgg11")
+    net = ISNet(build_backbone("small_cnn", 3)).eval()
     state = net.__getstate__()
     del state["lrp_settings"], state["_rule"]
     state["_lrp_settings"] = {"epsilon": 0.2, "zb": False, "low": 0.0, "high": 1.0}

@@ -6,8 +6,9 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
-from . import defaults
 from .lrp import LRPGraph
+from .lrp.composites import RuleSpec
+from .lrp.settings import Bound, LRPSettings, settings_from
 
 
 class ISNet(nn.Module):
@@ -19,7 +20,11 @@ class ISNet(nn.Module):
 
     Args:
         backbone: the classifier, images ``(B, C, H, W)`` -> logits ``(B, K)``.
-        epsilon, zb, low, high: LRP settings, see :func:`isnet.explain`.
+        epsilon, zb, low, high: LRP settings, see :func:`isnet.explain` (defaults:
+            :mod:`isnet.defaults`); or ``settings``, an :class:`isnet.lrp.LRPSettings`.
+        rule: ``"epsilon"`` (the paper's), ``"zplus"``, a composite, or a list of them
+            (then ``heatmaps=True`` returns a tuple of heatmaps from one forward pass).  Pickling
+            the ISNet pickles the composite too: the named presets always pickle.
 
     Example:
         >>> net = ISNet(torchvision.models.resnet18(num_classes=3))
@@ -30,26 +35,33 @@ class ISNet(nn.Module):
         self,
         backbone: nn.Module,
         *,
-        epsilon: float = defaults.EPSILON,
-        zb: bool = defaults.ZB,
-        low: float | Sequence[float] | Tensor = defaults.ZB_LOW,
-        high: float | Sequence[float] | Tensor = defaults.ZB_HIGH,
+        epsilon: float | None = None,
+        zb: bool | None = None,
+        low: Bound | None = None,
+        high: Bound | None = None,
+        rule: RuleSpec | Sequence[RuleSpec] = "epsilon",
+        settings: LRPSettings | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        self._lrp_settings = dict(epsilon=epsilon, zb=zb, low=low, high=high)
+        self.lrp_settings = settings_from(settings, epsilon, zb, low, high)
+        self._rule = rule
         # A plain attribute, not a submodule: the parameters are registered once, under backbone.
-        self.lrp_graph = LRPGraph(backbone, **self._lrp_settings)
+        self.lrp_graph = self._new_graph()
+
+    def _new_graph(self) -> LRPGraph:
+        return LRPGraph(self.backbone, rule=self._rule, settings=self.lrp_settings)
 
     def forward(
         self, x: Tensor, heatmaps: bool = False, classes: Sequence[int] | Tensor | None = None
-    ) -> Tensor | tuple[Tensor, Tensor]:
+    ) -> Tensor | tuple[Tensor, Tensor | tuple[Tensor, ...]]:
         """Logits ``(B, K)``; with ``heatmaps=True``, ``(logits, heatmaps)`` where heatmaps
-        has shape ``(B, K', C, H, W)`` for the ``K'`` explained ``classes`` (default all)."""
+        has shape ``(B, K', C, H, W)`` for the ``K'`` explained ``classes`` (default all; a
+        ``(B, K')`` integer tensor gives a class list per image)."""
         if not heatmaps:
             return self.backbone(x)
         if self.lrp_graph.model is not self.backbone or not self.lrp_graph.is_current():  # modules replaced
-            self.lrp_graph = LRPGraph(self.backbone, **self._lrp_settings)
+            self.lrp_graph = self._new_graph()
         return self.lrp_graph(x, classes=classes)
 
     def __getstate__(self) -> dict:
@@ -58,5 +70,9 @@ class ISNet(nn.Module):
         return state
 
     def __setstate__(self, state: dict) -> None:
+        legacy = state.pop("_lrp_settings", None)  # an ISNet pickled before LRPSettings existed
+        if legacy is not None:
+            state["lrp_settings"] = LRPSettings(**legacy)
+        state.setdefault("_rule", "epsilon")
         self.__dict__.update(state)
-        self.lrp_graph = LRPGraph(self.backbone, **self._lrp_settings)
+        self.lrp_graph = self._new_graph()

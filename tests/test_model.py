@@ -117,3 +117,34 @@ def test_sync_batch_norm_gets_a_clear_error():
     net.backbone = nn.SyncBatchNorm.convert_sync_batchnorm(net.backbone)
     with pytest.raises(UnsupportedOperationError, match="SyncBatchNorm.*sync_batchnorm=False"):
         net(torch.rand(2, 3, 32, 32), heatmaps=True)
+
+
+def test_per_image_classes_rules_and_several_composites_through_the_isnet():
+    net = ISNet(build_backbone("small_cnn", 3)).double().eval()
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+    _, full = net(x, heatmaps=True)
+    labels = torch.tensor([[2], [0]])
+    _, own = net(x, heatmaps=True, classes=labels)
+    assert own.shape == (2, 1, 3, 32, 32)
+    assert (own[:, 0] - full[[0, 1], [2, 0]]).abs().max() <= 1e-12 * full.abs().max()
+    zplus = ISNet(net.backbone, rule="zplus").eval()
+    torch.testing.assert_close(zplus(x, heatmaps=True)[1], explain(net.backbone, x, rule="zplus"))
+    both = ISNet(net.backbone, rule=["epsilon", "zplus"], epsilon=0.1).eval()
+    _, (a, b) = both(x, heatmaps=True, classes=labels)
+    torch.testing.assert_close(a, explain(net.backbone, x, epsilon=0.1, classes=labels))
+    torch.testing.assert_close(b, explain(net.backbone, x, epsilon=0.1, classes=labels, rule="zplus"))
+    clone = pickle.loads(pickle.dumps(both))
+    torch.testing.assert_close(clone(x, heatmaps=True, classes=labels)[1][1], b)
+
+
+def test_an_isnet_pickled_with_loose_settings_still_loads():
+    """ISNets pickled before LRPSettings kept the settings as a dict."""
+    net = ISNet(build_backbone("small_cnn", 3)).eval()
+    state = net.__getstate__()
+    del state["lrp_settings"], state["_rule"]
+    state["_lrp_settings"] = {"epsilon": 0.2, "zb": False, "low": 0.0, "high": 1.0}
+    old = ISNet.__new__(ISNet)
+    old.__setstate__(state)
+    assert old.lrp_settings.epsilon == 0.2 and not old.lrp_settings.zb
+    x = torch.rand(1, 3, 32, 32)
+    torch.testing.assert_close(old(x, heatmaps=True)[1], explain(net.backbone, x, epsilon=0.2, zb=False))

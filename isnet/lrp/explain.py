@@ -6,24 +6,29 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
-from .. import defaults
+from .composites import RuleSpec
 from .graph import LRPGraph
+from .settings import Bound, LRPSettings
 
 
 def explain(
     model: nn.Module,
     images: Tensor,
     *,
-    epsilon: float = defaults.EPSILON,
-    zb: bool = defaults.ZB,
-    low: float | Sequence[float] | Tensor = defaults.ZB_LOW,
-    high: float | Sequence[float] | Tensor = defaults.ZB_HIGH,
+    epsilon: float | None = None,
+    zb: bool | None = None,
+    low: Bound | None = None,
+    high: Bound | None = None,
     classes: Sequence[int] | Tensor | None = None,
-) -> Tensor:
+    rule: RuleSpec | Sequence[RuleSpec] = "epsilon",
+    settings: LRPSettings | None = None,
+) -> Tensor | tuple[Tensor, ...]:
     """LRP heatmaps of ``model`` for ``images``, one per explained logit.
 
-    LRP-epsilon in every layer, LRP-zB in the first (Alg. 1, step 2c); with
-    ``epsilon=0, zb=False`` this is LRP-0, which equals Gradient*Input.
+    With the default ``rule="epsilon"``: LRP-epsilon in every layer, LRP-zB in the first
+    (Alg. 1, step 2c); with ``epsilon=0, zb=False`` this is LRP-0, which equals
+    Gradient*Input.  ``rule="zplus"``: LRP-z+ in every convolution and linear layer but
+    the first (zB when ``zb``).
 
     Args:
         model: a classifier returning logits ``(B, K_total)``; an
@@ -31,18 +36,23 @@ def explain(
             mode (train / eval) is used as it is.
         images: ``(B, C, H, W)`` floating-point tensor, within ``[low, high]`` when
             ``zb`` is on.
-        epsilon: LRP-epsilon stabiliser (0 gives LRP-0).
-        zb: use LRP-zB for the first layer.
-        low, high: input bounds for zB, numbers or per-channel sequences.
-        classes: logit indices to explain; default all ``K_total``.
+        epsilon: LRP-epsilon stabiliser (0 gives LRP-0); default 0.01.
+        zb: use LRP-zB for the first layer; default True.
+        low, high: input bounds for zB, numbers or per-channel sequences; default 0 and 1.
+        classes: logit indices to explain: ``None`` (all ``K_total``), a list shared by the
+            batch, or a ``(B, K)`` integer tensor with a class list per image.
+        rule: ``"epsilon"``, ``"zplus"``, an :class:`isnet.lrp.Composite`, or a list of these
+            (one forward pass, a tuple of heatmaps back).
+        settings: an :class:`isnet.lrp.LRPSettings` instead of ``epsilon, zb, low, high``.
 
     Returns:
-        Heatmaps of shape ``(B, K, C, H, W)`` (``K = len(classes)``), dtype and device
-        of ``images``; differentiable with respect to the model's parameters.
+        Heatmaps of shape ``(B, K, C, H, W)`` (``K = len(classes)``, or ``classes.shape[1]``
+        per image), dtype and device of ``images``; differentiable with respect to the
+        model's parameters.  A tuple of them when ``rule`` is a list.
     """
     from ..model import ISNet  # the model module imports this package
 
     if isinstance(model, ISNet):
         model = model.backbone
-    graph = LRPGraph(model, epsilon=epsilon, zb=zb, low=low, high=high)
+    graph = LRPGraph(model, epsilon=epsilon, zb=zb, low=low, high=high, rule=rule, settings=settings)
     return graph(images, classes=classes)[1]

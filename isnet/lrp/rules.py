@@ -112,6 +112,34 @@ class Rule:
 
     scales_input = False
     divides_output = False
+    #: Hands the relevance at its output unchanged to its single input (ReLU, dropout, identity).
+    passes_relevance = False
+    #: Only reshapes its single input (the search for the first layer looks through it).
+    reshapes = False
+    #: Its relevance is ``diagonal_ratio(saved) * R`` with a batch-``B`` ratio of the input's
+    #: shape, so the layer after it may apply the ratio instead (a lone batch norm).
+    diagonal = False
+    #: ``relevance(R, saved, factor=f)`` multiplies the relevance it returns by a batch-``B``
+    #: factor ``f`` of its input's shape, applied at its output (max pooling).
+    accepts_factor = False
+
+    def fuses(self, norm: nn.Module) -> bool:
+        """Whether this rule propagates through ``norm`` too (a batch norm fused into its layer)."""
+        return False
+
+    def same_forward(self, other: Rule) -> bool:
+        """Whether ``other`` runs the same forward pass, so that both can share its activations
+        (several composites explained from one forward)."""
+        return type(self).forward is type(other).forward
+
+    def merge_prefix(self, merged: int) -> Rule | None:
+        """A rule that hands the relevance of its first ``merged`` inputs on as one piece, or
+        ``None`` if it cannot (see :class:`Concat`)."""
+        return None
+
+    def diagonal_ratio(self, saved: Saved) -> Tensor:
+        """The batch-``B`` ratio of a ``diagonal`` rule."""
+        raise NotImplementedError(f"{type(self).__name__} is not diagonal")
 
     def reciprocal(self, saved: Saved) -> Tensor:
         """``1 / (z + sign(z) eps)``, batch-``B``, shaped like the output (``divides_output`` rules)."""
@@ -138,6 +166,8 @@ class PassThrough(Rule):
         fn: the operation, called out of place as ``fn(*args, **kwargs)``.
     """
 
+    passes_relevance = True
+
     def __init__(self, fn: Callable[..., Tensor]) -> None:
         self.fn = fn
 
@@ -150,6 +180,8 @@ class PassThrough(Rule):
 
 class Reshape(Rule):
     """Flatten / view / reshape: relevance takes the input's shape back."""
+
+    reshapes = True
 
     def __init__(self, fn: Callable[..., Tensor], where: str = "") -> None:
         self.fn = fn
@@ -188,6 +220,21 @@ class Epsilon(Rule):
     @property
     def divides_output(self) -> bool:  # type: ignore[override]
         return self.layer.layer is not None
+
+    @property
+    def diagonal(self) -> bool:  # type: ignore[override]
+        return self.layer.layer is None
+
+    def fuses(self, norm: nn.Module) -> bool:
+        return self.layer.layer is not None and self.layer.norm is norm
+
+    def same_forward(self, other: Rule) -> bool:
+        return (
+            super().same_forward(other)
+            and isinstance(other, Epsilon)
+            and other.layer.layer is self.layer.layer
+            and other.layer.norm is self.layer.norm
+        )
 
     def reciprocal(self, saved: Saved) -> Tensor:
         return stabilized_reciprocal(self._denominator(saved)[2], self.epsilon)
@@ -280,20 +327,79 @@ class ZBox(Epsilon):
         # Divided already (by a max pool after the layer): the denominator is not needed again.
         s = _merge(R if divided else stabilized_divide(R, self._denominator_zb(saved, parts), self.epsilon))
         # W = W+ + W-, so x W^T s - l W+^T s - h W-^T s = (x - l) W+^T s + (x - h) W-^T s.
-        c_pos, c_neg = self._transpose_pair(s, w_pos, w_neg, x.shape)
+        c_pos, c_neg = _transpose_pair(self.layer, s, w_pos, w_neg, x.shape)
         split = R.shape[:2]
         return (
             class_product(x - low, c_pos.unflatten(0, split)) + class_product(x - high, c_neg.unflatten(0, split)),
         )
 
-    def _transpose_pair(self, s: Tensor, w_pos: Tensor, w_neg: Tensor, shape: torch.Size) -> tuple[Tensor, Tensor]:
-        """``(W+^T s, W-^T s)``, in one transposed operation where the layer allows it."""
-        layer = self.layer.layer
-        if getattr(layer, "groups", 1) != 1:
-            return self.layer.transpose(s, w_pos, shape), self.layer.transpose(s, w_neg, shape)
-        doubled = (shape[0], 2 * shape[1], *shape[2:])
-        both = self.layer.transpose(s, torch.cat([w_pos, w_neg], dim=1), doubled)
-        return both.chunk(2, dim=-1 if isinstance(layer, nn.Linear) else 1)
+
+
+def _transpose_pair(
+    affine: AffineLayer, s: Tensor, w_pos: Tensor, w_neg: Tensor, shape: torch.Size
+) -> tuple[Tensor, Tensor]:
+    """``(W+^T s, W-^T s)`` for ``s`` ``(N, *output_shape[1:])``, each ``(N, *shape[1:])``, in
+    one transposed operation where the layer allows it."""
+    layer = affine.layer
+    if layer is None or getattr(layer, "groups", 1) != 1:
+        return affine.transpose(s, w_pos, shape), affine.transpose(s, w_neg, shape)
+    doubled = (shape[0], 2 * shape[1], *shape[2:])
+    both = affine.transpose(s, torch.cat([w_pos, w_neg], dim=1), doubled)
+    return both.chunk(2, dim=-1 if isinstance(layer, nn.Linear) else 1)
+
+
+def _linear_pair(affine: AffineLayer, a: Tensor, b: Tensor, w_a: Tensor, w_b: Tensor) -> Tensor:
+    """``W_a a + W_b b`` (bias-free), in one operation where the layer allows it."""
+    layer = affine.layer
+    if layer is None or getattr(layer, "groups", 1) != 1:
+        return affine.linear(a, w_a) + affine.linear(b, w_b)
+    dim = -1 if isinstance(layer, nn.Linear) else 1
+    return affine.linear(torch.cat([a, b], dim=dim), torch.cat([w_a, w_b], dim=1))
+
+
+class ZPlus(Epsilon):
+    """LRP-z+ for a convolution or linear layer, with or without fused batch norm.
+
+    ``z_j = sum_i (x_i+ w_ij+ + x_i- w_ij-) + b_j+`` and
+    ``R_i = x_i+ sum_j w_ij+ s_j + x_i- sum_j w_ij- s_j`` with ``s = R / (z + sign(z) eps)``:
+    only the contributions that push ``z`` up (positive input times positive weight, negative
+    times negative) receive relevance.  Weights and biases are the fused ones when a batch
+    norm follows the layer; the bias is detached in ``z`` as in :class:`Epsilon`.
+    """
+
+    scales_input = False  # two input factors, x+ and x-
+
+    def _parts(self, saved: Saved) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+        """``(x+, x-, W+, W-, b)``."""
+        x, y, _ = saved
+        weight, bias = self.layer.weight_and_bias(y)
+        return x, x.clamp(min=0), x.clamp(max=0), weight.clamp(min=0), weight.clamp(max=0), bias
+
+    def _denominator_zplus(self, parts: tuple) -> Tensor:
+        """``z = W+ x+ + W- x- + b+`` (bias detached), batch ``B``, shaped like the output."""
+        _, x_pos, x_neg, w_pos, w_neg, bias = parts
+        z = _linear_pair(self.layer, x_pos, x_neg, w_pos, w_neg)
+        if bias is not None:
+            z = z + self.layer.channel_view(bias.detach().clamp(min=0), z)
+        return z
+
+    def reciprocal(self, saved: Saved) -> Tensor:
+        return stabilized_reciprocal(self._denominator_zplus(self._parts(saved)), self.epsilon)
+
+    def diagonal_ratio(self, saved: Saved) -> Tensor:
+        raise NotImplementedError("the z+ rule is not applied to lone batch norms")
+
+    @property
+    def diagonal(self) -> bool:  # type: ignore[override]
+        return False
+
+    def relevance(self, R: Tensor, saved: Saved, *, divided: bool = False) -> Sequence[Tensor | None]:
+        parts = self._parts(saved)
+        x, x_pos, x_neg, w_pos, w_neg, _ = parts
+        s = _merge(R if divided else stabilized_divide(R, self._denominator_zplus(parts), self.epsilon))
+        c_pos, c_neg = _transpose_pair(self.layer, s, w_pos, w_neg, x.shape)
+        split = R.shape[:2]
+        return (class_product(x_pos, c_pos.unflatten(0, split)) + class_product(x_neg, c_neg.unflatten(0, split)),)
 
 
 class _LinearPool(Rule):
@@ -392,6 +498,8 @@ class WinnerTakesAll(Rule):
             with ``return_indices=True``).
     """
 
+    accepts_factor = True
+
     def __init__(self, pool: Callable[..., tuple[Tensor, Tensor]]) -> None:
         self.pool = pool
 
@@ -477,6 +585,10 @@ class Concat(Rule):
     def input_nodes(self, node: Node) -> list[Any]:
         tensors = node.args[0] if node.args else node.kwargs["tensors"]
         return list(tensors)
+
+    def merge_prefix(self, merged: int) -> Rule | None:
+        # A subclass may split its relevance differently: only this class merges.
+        return Concat(self.where, merged=merged) if type(self) is Concat else None
 
     def forward(self, args: tuple, kwargs: dict) -> tuple[Tensor, Saved]:
         tensors = args[0] if args else kwargs["tensors"]

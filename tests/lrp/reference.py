@@ -6,6 +6,8 @@ vectors of one image, and the rules are applied exactly as printed:
 * LRP-epsilon (Eq. 3): ``R_j = sum_k a_j w_jk / (z_k + sign(z_k) eps) R_k``, ``z_k = sum_j a_j w_jk + b_k``;
 * LRP-zB (Alg. 10): ``R_j = sum_k (a_j w_jk - l_j w+_jk - h_j w-_jk) / (z_k + sign(z_k) eps) R_k``
   with ``z_k = sum_j (a_j w_jk - l_j w+_jk - h_j w-_jk)``;
+* LRP-z+: ``R_j = sum_k (a_j+ w_jk+ + a_j- w_jk-) / (z_k + sign(z_k) eps) R_k`` with
+  ``z_k = sum_j (a_j+ w_jk+ + a_j- w_jk-) + b_k+``;
 * max pooling: winner takes all, summed over the windows an input wins (Alg. 8).
 """
 
@@ -36,6 +38,14 @@ def divide(R, z, eps):
 def epsilon_rule(a, W, b, R, eps):
     z = W @ a + b
     return a * (W.T @ divide(R, z, eps))
+
+
+def zplus_rule(a, W, b, R, eps):
+    Wp, Wn = np.maximum(W, 0), np.minimum(W, 0)
+    ap, an = np.maximum(a, 0), np.minimum(a, 0)
+    z = Wp @ ap + Wn @ an + np.maximum(b, 0)
+    s = divide(R, z, eps)
+    return ap * (Wp.T @ s) + an * (Wn.T @ s)
 
 
 def zb_rule(a, W, low, high, R, eps):

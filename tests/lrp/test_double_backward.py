@@ -39,12 +39,13 @@ def finite_difference(net, loss_fn, param, index, h=1e-6):
 
 
 @pytest.mark.parametrize("bias", [False, True])
-@pytest.mark.parametrize("eps,zb", [(0.01, True), (0.0, False)])
-def test_weight_gradients_agree_with_finite_differences(bias, eps, zb):
+@pytest.mark.parametrize("eps,zb,rule", [(0.01, True, "epsilon"), (0.0, False, "epsilon"),
+                                         (0.01, True, "zplus"), (0.01, False, "zplus")])
+def test_weight_gradients_agree_with_finite_differences(bias, eps, zb, rule):
     """With biases the comparison holds for weights: biases only enter the detached denominators
     and the activations, which the weights do not change."""
     net = tiny_net(bias).eval()
-    graph = LRPGraph(net, epsilon=eps, zb=zb)
+    graph = LRPGraph(net, epsilon=eps, zb=zb, rule=rule)
     x = torch.rand(2, 2, 8, 8, dtype=torch.float64)
     mask = (torch.rand(2, 1, 1, 8, 8) > 0.5).double()
 
@@ -81,11 +82,15 @@ def test_bias_is_detached_in_the_denominator():
     torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("train", [False, True])
-@pytest.mark.parametrize("name", ["vgg11_bn", "resnet18", "densenet121"])
-def test_every_layer_weight_receives_a_gradient(name, train):
+@pytest.mark.parametrize("name,train,rule", [
+    ("vgg11_bn", False, "epsilon"), ("vgg11_bn", True, "epsilon"),
+    ("resnet18", False, "epsilon"), ("resnet18", True, "epsilon"),
+    ("densenet121", False, "epsilon"), ("densenet121", True, "epsilon"),
+    ("resnet18", True, "zplus"),
+])
+def test_every_layer_weight_receives_a_gradient(name, train, rule):
     model = getattr(torchvision.models, name)(weights=None, num_classes=3)
-    net = ISNet(model).train(train)
+    net = ISNet(model, rule=rule).train(train)
     # 64x64 keeps DenseNet's last maps at 2x2: batch statistics of 1x1 maps of 2 images are degenerate.
     x = torch.rand(2, 3, 64, 64)
     mask = torch.zeros(2, 1, 1, 64, 64)

@@ -7,7 +7,7 @@ import torchvision
 from torch import nn
 
 from isnet import LRPGraph, UnsupportedOperationError, explain
-from isnet.lrp import PassThrough
+from isnet.lrp import AffineLayer, Composite, Epsilon, PassThrough, epsilon_composite
 from isnet.lrp.layers import UnsupportedLayerError
 
 
@@ -255,3 +255,89 @@ def test_reshape_across_the_batch_is_rejected():
 def test_negative_epsilon_is_rejected():
     with pytest.raises(ValueError, match="epsilon"):
         LRPGraph(small_cnn(), epsilon=-0.1)
+
+
+# -- per-image classes ----------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["vgg11_bn", "resnet18", "densenet121"])
+def test_per_image_classes_equal_the_matching_slices_of_all_class_heatmaps(name):
+    model = getattr(torchvision.models, name)(weights=None, num_classes=5).double().eval()
+    x = torch.rand(3, 3, 32, 32, dtype=torch.float64)
+    graph = LRPGraph(model)
+    _, full = graph(x)
+    classes = torch.tensor([[4, 0], [1, 1], [3, 2]])
+    _, picked = graph(x, classes=classes)
+    assert picked.shape == (3, 2, 3, 32, 32)
+    expected = full[torch.arange(3)[:, None], classes]
+    assert full.abs().max() > 0
+    assert (picked - expected).abs().max() <= 1e-12 * expected.abs().max()
+    one = graph(x, classes=torch.tensor([[2], [0], [4]]))[1]  # one map per image, e.g. the label's
+    assert (one[:, 0] - full[torch.arange(3), [2, 0, 4]]).abs().max() <= 1e-12 * full.abs().max()
+
+
+def test_per_image_classes_propagate_b_times_k_maps():
+    """The relevance batch is B*K' maps, not B*K_total: a rule sees (B, K', ...) relevance."""
+    seen = []
+
+    class Recording(PassThrough):
+        def relevance(self, R, saved):
+            seen.append(tuple(R.shape[:2]))
+            return (R,)
+
+    composite = epsilon_composite().with_rules({nn.ReLU: lambda ctx: Recording(torch.relu)})
+    net = small_cnn(classes=10).eval()
+    LRPGraph(net, rule=composite)(torch.rand(4, 3, 16, 16), classes=torch.tensor([[1], [9], [0], [3]]))
+    assert seen and set(seen) == {(4, 1)}
+
+
+@pytest.mark.parametrize("classes,message", [
+    (torch.tensor([[0, 1], [2, 3]]), r"shape \(B, K\) = \(3, K\)"),
+    (torch.tensor([[0], [1], [4]]), r"lie in \[0, 3\]"),
+    (torch.tensor([[0], [-1], [2]]), r"lie in \[0, 3\]"),
+    (torch.zeros(3, 0, dtype=torch.long), "non-empty"),
+    (torch.zeros(3, 1, 1, dtype=torch.long), "non-empty"),
+    (torch.tensor([[0.0], [1.0], [2.0]]), "integer"),
+    ("two", "logit indices"),
+])
+def test_bad_per_image_classes_get_clear_errors(classes, message):
+    net = small_cnn().eval()
+    with pytest.raises(ValueError, match=message):
+        explain(net, torch.rand(3, 3, 8, 8), classes=classes)
+
+
+# -- several composites from one forward pass ------------------------------------------------------
+def test_two_composites_from_one_forward_equal_two_separate_calls():
+    net = torchvision.models.resnet18(weights=None, num_classes=3).double().eval()
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+    logits, (eps_maps, zplus_maps) = LRPGraph(net, rule=["epsilon", "zplus"])(x)
+    torch.testing.assert_close(logits, net(x), rtol=0, atol=0)
+    torch.testing.assert_close(eps_maps, explain(net, x), rtol=0, atol=0)
+    torch.testing.assert_close(zplus_maps, explain(net, x, rule="zplus"), rtol=0, atol=0)
+    assert not torch.allclose(eps_maps, zplus_maps)
+    classes = torch.tensor([[2], [0]])
+    both = explain(net, x, rule=("zplus", "epsilon"), classes=classes)
+    torch.testing.assert_close(both[0], zplus_maps[torch.arange(2)[:, None], classes], rtol=0, atol=1e-12)
+
+
+def test_two_composites_in_training_mode_update_the_running_statistics_once():
+    torch.manual_seed(0)
+    net = small_cnn().train()
+    net[6].p = 0.0
+    reference = small_cnn()
+    reference.load_state_dict(net.state_dict())
+    reference.train()
+    x = torch.rand(4, 3, 16, 16)
+    _, maps = LRPGraph(net, rule=["epsilon", "zplus"])(x)
+    reference(x)
+    assert len(maps) == 2 and all(torch.isfinite(m).all() for m in maps)
+    assert net[1].num_batches_tracked.item() == 1
+    torch.testing.assert_close(net[1].running_mean, reference[1].running_mean, rtol=0, atol=0)
+    torch.testing.assert_close(net[1].running_var, reference[1].running_var, rtol=0, atol=0)
+
+
+def test_composites_that_run_different_forwards_are_refused():
+    unfused = Composite([(nn.Conv2d, lambda ctx: Epsilon(AffineLayer(ctx.module, None, ctx.where), 0.01))]
+                        + epsilon_composite().entries, name="unfused")
+    with pytest.raises(ValueError, match="separate calls"):
+        LRPGraph(small_cnn(), rule=["epsilon", unfused], zb=False)
+    with pytest.raises(ValueError, match="at least one"):
+        LRPGraph(small_cnn(), rule=[])

@@ -9,7 +9,7 @@ import torchvision
 from torch import nn
 
 from isnet import LRPGraph
-from isnet.lrp.graph import LRPGraph as GraphClass
+from isnet.lrp import passes
 from isnet.lrp.layers import _channel_mean_var
 from isnet.lrp.rules import Concat, WinnerTakesAll, class_product, stabilized_reciprocal
 
@@ -60,7 +60,7 @@ def test_merged_concatenations_give_bit_identical_heatmaps_and_gradients(monkeyp
     logits, heatmaps, grads = heatmaps_and_gradients(model, x)
     for name, b in model.named_buffers():
         b.copy_(running[name])
-    monkeypatch.setattr(GraphClass, "_merge_concat_prefixes", lambda self: None)
+    monkeypatch.setattr(passes, "_merge_concat_prefixes", lambda plan: None)
     plain = LRPGraph(model)
     assert all(s.rule.merged == 1 for s in plain._steps.values() if isinstance(s.rule, Concat))
     ref_logits, ref_heatmaps, ref_grads = heatmaps_and_gradients(model, x)
@@ -159,7 +159,7 @@ def test_densenet_norms_after_concatenations_are_absorbed_with_equal_heatmaps_an
     absorbing = LRPGraph(net, epsilon=0.01)
     # every dense layer's norm1, the transitions' norms and norm5 (before the classifier's pooling)
     assert len(_absorbed(absorbing)) == 58 + 3 + 1
-    monkeypatch.setattr(GraphClass, "_absorb_lone_norms", lambda self: None)
+    monkeypatch.setattr(passes, "_absorb_lone_norms", lambda plan: None)
     plain = LRPGraph(net, epsilon=0.01)
     assert _absorbed(plain) == []
     h1, g1 = heatmaps_and_gradients(absorbing)
@@ -240,7 +240,7 @@ def test_max_pools_divide_by_the_layer_denominator_with_equal_heatmaps_and_gradi
     dividing = LRPGraph(net, epsilon=0.01)
     assert len(_scaled(dividing)) == pools
     assert all(dividing._steps[key].divided for key in _scaled(dividing))
-    monkeypatch.setattr(GraphClass, "_divide_at_max_pools", lambda self: None)
+    monkeypatch.setattr(passes, "_divide_at_max_pools", lambda plan: None)
     plain = LRPGraph(net, epsilon=0.01)
     assert _scaled(plain) == [] and not any(step.divided for step in plain._steps.values())
     h1, g1 = heatmaps_and_gradients(dividing)

@@ -1,7 +1,7 @@
 """The README's Python code runs, and every ``isnet.NAME`` it mentions exists.
 
-Each fenced ``python`` block is executed in a fresh folder that holds a small dataset ``my_dataset``
-(manifest format).  Sizes that would take minutes on a CPU are shrunk by the listed replacements; a
+The fenced ``python`` blocks are executed in order in one namespace, as a reader would run them, in a
+fresh folder that holds a small dataset ``my_dataset`` (manifest format).  Sizes that would take minutes on a CPU are shrunk by the listed replacements; a
 replacement that no longer matches its block fails the test, so README edits keep this list honest.
 """
 
@@ -26,6 +26,7 @@ SHRINK = [
         ("ISNetModule(\"densenet121\"", "ISNetModule(\"small_cnn\""),
         ("max_epochs=48", "max_epochs=1, progress=False"),
     ]),
+    ("resume=True", [("max_epochs=48", "max_epochs=1, progress=False")]),
     ("torchvision.models.densenet121(num_classes=3)", [
         ("torch.rand(4, 3, 224, 224)", "torch.rand(4, 3, 32, 32)"),
     ]),
@@ -50,12 +51,16 @@ def test_the_readme_has_python_blocks():
         assert any(key in block for block in BLOCKS), f"no README block contains {key!r}: update SHRINK"
 
 
-@pytest.mark.parametrize("index", range(len(BLOCKS)))
-def test_readme_python_block_runs(index, tmp_path, monkeypatch):
+def test_readme_python_blocks_run_in_order(tmp_path, monkeypatch):
     make_folder(tmp_path / "my_dataset", DATASET, size=(20, 20))
     monkeypatch.chdir(tmp_path)
-    code = _shrunk(BLOCKS[index])
-    exec(compile(code, f"README.md python block {index}", "exec"), {"__name__": "readme"})
+    namespace = {"__name__": "readme"}
+    for index, block in enumerate(BLOCKS):
+        code = _shrunk(block)
+        try:
+            exec(compile(code, f"README.md python block {index}", "exec"), namespace)
+        except Exception as error:  # noqa: BLE001 - name the block that failed
+            pytest.fail(f"README python block {index} ({block.splitlines()[0]!r}) failed: {error!r}")
 
 
 def _resolve(dotted: str) -> object:

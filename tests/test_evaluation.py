@@ -16,18 +16,7 @@ from isnet.evaluation import (
     validation_thresholds,
 )
 from isnet.data.swap import swap_plan
-from tests.data.test_swap import border_model, centre_model, coloured_set
-
-
-class Items(torch.utils.data.Dataset):
-    def __init__(self, images, masks, labels):
-        self.images, self.masks, self.labels = images, masks, labels
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        return {"image": self.images[i], "mask": self.masks[i], "label": self.labels[i]}
+from tests.data.test_swap import Items, border_model, centre_model, coloured_set
 
 
 def _left_half_model(num_classes=2):

@@ -150,7 +150,8 @@ def test_c1_c2_set_by_hand_replace_the_estimate(tmp_path):
     assert "C1 = 0.5, C2 = 7" in (tmp_path / "report.md").read_text()
 
 
-def test_cli_benchmark_can_skip_the_background_swap(tmp_path, monkeypatch):
+def _record_benchmark_arguments(tmp_path, monkeypatch) -> dict:
+    """Replace run_benchmark by a stub; the returned dict fills with the arguments the CLI passes."""
     seen = {}
 
     def fake(out, **kwargs):
@@ -159,6 +160,11 @@ def test_cli_benchmark_can_skip_the_background_swap(tmp_path, monkeypatch):
         return {"total_seconds": 0.0}
 
     monkeypatch.setattr("isnet.benchmark.run_benchmark", fake)
+    return seen
+
+
+def test_cli_benchmark_can_skip_the_background_swap(tmp_path, monkeypatch):
+    seen = _record_benchmark_arguments(tmp_path, monkeypatch)
     assert main(["benchmark", "--out", str(tmp_path), "--quiet"]) == 0
     assert seen["background_swap"] is True
     assert seen["bias"] == "shapes"
@@ -168,14 +174,7 @@ def test_cli_benchmark_can_skip_the_background_swap(tmp_path, monkeypatch):
 
 
 def test_cli_radiograph_variant_reaches_the_profile(tmp_path, monkeypatch):
-    seen = {}
-
-    def fake(out, **kwargs):
-        seen.update(kwargs)
-        (tmp_path / "report.md").write_text("report")
-        return {"total_seconds": 0.0}
-
-    monkeypatch.setattr("isnet.benchmark.run_benchmark", fake)
+    seen = _record_benchmark_arguments(tmp_path, monkeypatch)
     assert main(["benchmark", "--out", str(tmp_path), "--quiet", "--datasets", "radiographs"]) == 0
     assert "radiograph_variant" not in seen  # the profile's default
     assert main(["benchmark", "--out", str(tmp_path), "--quiet", "--radiograph-variant", "in-lung"]) == 0

@@ -37,8 +37,9 @@ from .jsonio import write_json
 from .render import model_heatmap_grid, training_curves
 from .report import Report, evaluation_report
 from .systems.base import SystemModule
+from .systems.isnet import estimate_c1_c2
 from .systems.registry import build_system
-from .training import estimate_c1_c2, train
+from .training import train
 
 DEFAULT_MODELS = ("standard", "isnet", "reference")
 WARM_STARTABLE = ("isnet", "isnet_gi", "rrr", "gain")  # systems whose deployed network is the plain backbone

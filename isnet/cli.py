@@ -142,7 +142,7 @@ def _fit(args: argparse.Namespace) -> int:
     data.setup()
     model_args = dict(cfg["model"])
     if args.estimate_c_from:
-        from .training import estimate_c1_c2
+        from .systems.isnet import estimate_c1_c2
 
         standard = load_system(args.estimate_c_from)
         model_args["C1"], model_args["C2"] = estimate_c1_c2(standard.deployed, data.val_dataloader())

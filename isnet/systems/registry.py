@@ -12,8 +12,8 @@ import torch
 from .base import SystemModule
 
 METHODS: dict[str, str] = {
-    "standard": "isnet.training:ISNetModule",  # with P = 0
-    "isnet": "isnet.training:ISNetModule",
+    "standard": "isnet.systems.isnet:ISNetModule",  # with P = 0
+    "isnet": "isnet.systems.isnet:ISNetModule",
     "pipeline": "isnet.systems.pipeline:PipelineModule",
     "multitask": "isnet.systems.multitask:MultiTaskModule",
     "sononet": "isnet.systems.sononet:AGSononetModule",

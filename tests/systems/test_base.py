@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from isnet.systems.base import RelevanceDiedError, check_optimisation, lr_factor, require_relevance, warmup_steps
-from isnet.training import ISNetModule
+from isnet.systems.isnet import ISNetModule
 
 from .helpers import tiny_batch
 

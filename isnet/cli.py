@@ -14,6 +14,7 @@ from . import defaults
 from .allocator import keep_freed_memory
 from .jsonio import dumps, write_json
 from .export import ExportError
+from .systems.registry import METHODS, TUNABLE
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -363,8 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit", help="train an ISNet (or, with model.P=0, a standard classifier) from a YAML config")
     p.add_argument("--config", help="YAML file with model / data / trainer sections (see configs/)")
     p.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="override config values")
-    p.add_argument("--method", help="system to train (overrides model.method): standard, isnet, pipeline, "
-                   "multitask, sononet, gain, rrr, isnet_gi, vit, ham")
+    p.add_argument("--method", help=f"system to train (overrides model.method): {', '.join(METHODS)}")
     p.add_argument("--estimate-c-from", metavar="CHECKPOINT",
                    help="set C1, C2 from the heatmaps of this standard classifier on the val split (Appendix F.3)")
     p.add_argument("--resume", action="store_true",
@@ -393,7 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tune", help="search a method's loss hyper-parameters on synthetically biased data "
                        "(Appendix F.3) and write the grid")
-    p.add_argument("--method", required=True, help="isnet, isnet_gi, multitask, rrr or gain")
+    p.add_argument("--method", required=True, help=f"a method with a default grid: {', '.join(TUNABLE)} "
+                   "(any other method with --grid)")
     p.add_argument("--config", help="YAML config of the data and fixed settings (data.bias is forced on)")
     p.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument("--epochs", type=int, help="epochs per setting (default: trainer.max_epochs)")
@@ -448,8 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "weights (default: isnet), or 'none' for the paper's random start")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--models", default="standard,isnet,reference",
-                   help="comma-separated systems (standard, isnet, reference, pipeline, multitask, sononet, gain, "
-                        "rrr, isnet_gi, vit) or 'all' (then on both benchmarks unless --datasets says otherwise)")
+                   help=f"comma-separated systems ({', '.join(METHODS)}, and reference: a standard classifier "
+                        "trained without the bias) or 'all' (then on both benchmarks unless --datasets says otherwise)")
     p.add_argument("--datasets", help="comma-separated built-in benchmarks: digits, radiographs, or 'all' "
                                       "(default: digits; all with --models all)")
     p.add_argument("--no-background-swap", action="store_true",

@@ -373,7 +373,7 @@ def _run_one(bench: _Benchmark, folder: Path, out: Path, names: list[str], prof:
                                  background_swap=background_swap)
         if name == "pipeline":
             alone = module.without_segmenter
-            explainers["pipeline (no segmenter)"] = lrp_explainer(alone, epsilon=module.hparams.epsilon)
+            explainers["pipeline (no segmenter)"] = lrp_explainer(alone, module.lrp_settings())
             results["pipeline (no segmenter)"] = evaluate(alone, tests, class_names=classes,
                                                           explainer=explainers["pipeline (no segmenter)"], seed=seed,
                                                           background_swap=background_swap)

@@ -14,6 +14,7 @@ from . import defaults
 from .allocator import keep_freed_memory
 from .jsonio import dumps, write_json
 from .export import ExportError
+from .lrp import LRPSettings
 from .systems.registry import METHODS, TUNABLE
 
 
@@ -22,13 +23,14 @@ def _explain(args: argparse.Namespace) -> int:
 
     from .backbones import load_model
     from .data.images import find_images
-    from .predict import lrp_explainer, model_preprocessing, read_images, write_heatmap_pngs
+    from .evaluation import lrp_explainer
+    from .predict import model_preprocessing, read_images, write_heatmap_pngs
     from .render import heatmap_grid
 
     model, info = load_model(args.model)
     paths = find_images(args.images)
     images = read_images(paths, model_preprocessing(info, args.size), channels=info.get("in_channels", 3))
-    explain = lrp_explainer(model, **_lrp_settings(args))
+    explain = lrp_explainer(model, _lrp_settings(args))
     names = info.get("class_names") or [str(i) for i in range(info["num_classes"])]
     classes = args.classes if args.classes is not None else list(range(info["num_classes"]))
     out = Path(args.out)
@@ -54,15 +56,17 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lrp_settings(args: argparse.Namespace) -> dict:
-    return {"epsilon": args.epsilon, "zb": not args.no_zb, "low": args.low, "high": args.high}
+def _lrp_settings(args: argparse.Namespace) -> LRPSettings:
+    """The LRP settings of ``--epsilon``, ``--no-zb``, ``--low`` and ``--high``."""
+    return LRPSettings(epsilon=args.epsilon, zb=not args.no_zb, low=args.low, high=args.high)
 
 
 def _predict(args: argparse.Namespace) -> int:
     from .data.images import find_images
     from .export import load_deployed
-    from .predict import (decisions, heatmaps_of_classes, lrp_explainer, model_preprocessing, probabilities,
-                          read_images, run_network, write_heatmap_pngs, write_predictions)
+    from .evaluation import lrp_explainer
+    from .predict import (decisions, heatmaps_of_classes, model_preprocessing, probabilities, read_images,
+                          run_network, write_heatmap_pngs, write_predictions)
 
     network, info = load_deployed(args.model)
     if args.heatmaps and info["format"] != "model":
@@ -85,7 +89,7 @@ def _predict(args: argparse.Namespace) -> int:
         if info["explainer"] is not None:  # a system's own explainer (all classes at once)
             maps = heatmaps_of_classes(info["explainer"], images, top, args.batch_size, per_class=False)
         else:
-            maps = heatmaps_of_classes(lrp_explainer(network, **_lrp_settings(args)), images, top, args.batch_size)
+            maps = heatmaps_of_classes(lrp_explainer(network, _lrp_settings(args)), images, top, args.batch_size)
         write_heatmap_pngs(args.heatmaps, paths, images, maps[:, None], [[k] for k in top])
     if not args.quiet:
         print(f"wrote predictions for {len(paths)} image(s) to {out}"

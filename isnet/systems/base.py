@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import defaults
+from ..lrp import LRPSettings
 
 Explainer = Callable[[Tensor], tuple[Tensor, Tensor]]
 """``images (B, C, H, W) -> (logits (B, K), heatmaps (B, K, C', H, W))``."""
@@ -146,9 +147,13 @@ class SystemModule(L.LightningModule):
         """Heatmaps of the deployed network's decisions (LRP with the paper's rules by default)."""
         from ..evaluation import lrp_explainer
 
-        hp = self.hparams
-        return lrp_explainer(self.deployed, epsilon=hp.get("epsilon", defaults.EPSILON), zb=hp.get("zb", defaults.ZB),
-                             low=hp.get("low", defaults.ZB_LOW), high=hp.get("high", defaults.ZB_HIGH))
+        return lrp_explainer(self.deployed, self.lrp_settings())
+
+    def lrp_settings(self) -> LRPSettings:
+        """The LRP settings among the hyper-parameters (``epsilon``, ``zb``, ``low``, ``high``;
+        the paper's, :mod:`isnet.defaults`, for those a system does not have)."""
+        return LRPSettings(**{name: self.hparams[name] for name in ("epsilon", "zb", "low", "high")
+                              if name in self.hparams})
 
     # -- shared ------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:

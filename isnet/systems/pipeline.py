@@ -166,7 +166,6 @@ class PipelineModule(ConfiguredSystem):
         """LRP heatmaps of the classifier's decision on the segmented image."""
         from ..evaluation import lrp_explainer
 
-        hp = self.hparams
         pipeline = self.deployed
-        explain = lrp_explainer(self.classifier, epsilon=hp.epsilon, zb=hp.zb, low=hp.low, high=hp.high)
+        explain = lrp_explainer(self.classifier, self.lrp_settings())
         return lambda images: explain(pipeline.segment(images))

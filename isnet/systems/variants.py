@@ -21,10 +21,12 @@ classes ``K`` by penalising one heatmap per image instead of ``K``:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
-from ..lrp.quantities import selected_class, selective_weights
+from ..lrp.quantities import check_selective_class, selected_class, selective_weights
 
 VARIANTS: tuple[str, ...] = ("full", "selective", "stochastic", "dual")
 """``model.variant`` values; ``full`` is the original ISNet."""
@@ -78,24 +80,24 @@ def draw_logits(logits: Tensor, generator: torch.Generator) -> Tensor:
     return chosen.unsqueeze(1).to(logits.device)
 
 
-def explained(variant: str, logits: Tensor, *, generator: torch.Generator | None = None,
-              selective_class: str = "highest") -> dict[str, Tensor | None]:
-    """What the variant's heatmaps explain for this batch, as keyword arguments of
-    :meth:`isnet.ISNet.explain`: ``classes`` (``None``: all, or ``(B, 1)`` indices) or
-    ``logit_weights`` (``(B, 1, K)``, the selective quantity's derivatives, differentiable).
+def explained(variant: str, *, generator: torch.Generator | None = None,
+              selective_class: str = "highest") -> dict[str, Any]:
+    """What the variant's heatmaps explain, as keyword arguments of :meth:`isnet.ISNet.explain`:
+    ``classes`` (``None``: all; or a function of the logits ``(B, K)`` giving ``(B, 1)`` indices)
+    or ``logit_weights`` (a function of the logits giving the selective quantity's derivatives
+    ``(B, 1, K)``, differentiable in the logits).
 
     Args:
         variant: one of :data:`VARIANTS`.
-        logits: ``(B, K)`` of this batch.
         generator: the random variants' draws.
         selective_class: ``highest`` or ``lowest`` logit for ``selective``.
     """
+    check_variant(variant)
     if variant == "full":
         return {"classes": None}
     if variant == "selective":
-        return {"logit_weights": selective_weights(logits, selected_class(logits, selective_class))}
-    if variant in RANDOM:
-        if generator is None:
-            raise ValueError(f"the {variant} ISNet needs a random generator")
-        return {"classes": draw_logits(logits, generator)}
-    raise ValueError(f"unknown ISNet variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+        check_selective_class(selective_class)
+        return {"logit_weights": lambda logits: selective_weights(logits, selected_class(logits, selective_class))}
+    if generator is None:
+        raise ValueError(f"the {variant} ISNet needs a random generator")
+    return {"classes": lambda logits: draw_logits(logits, generator)}

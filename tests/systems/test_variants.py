@@ -28,16 +28,18 @@ def test_stochastic_draws_the_winner_about_half_of_the_time_and_the_others_unifo
 
 def test_each_variant_says_what_its_maps_explain():
     logits = torch.tensor([[0.2, 2.0, -1.0], [1.0, 0.0, 3.0]], requires_grad=True)
-    assert explained("full", logits) == {"classes": None}
-    selective = explained("selective", logits)["logit_weights"]
+    assert explained("full") == {"classes": None}
+    selective = explained("selective")["logit_weights"](logits)
     assert selective.shape == (2, 1, 3) and selective.requires_grad
     assert selective[0, 0, 1] > 0 and selective[1, 0, 2] > 0  # the highest logit by default
-    assert explained("selective", logits, selective_class="lowest")["logit_weights"][0, 0, 2] > 0
+    assert explained("selective", selective_class="lowest")["logit_weights"](logits)[0, 0, 2] > 0
     for variant in ("stochastic", "dual"):
-        classes = explained(variant, logits, generator=torch.Generator().manual_seed(1))["classes"]
+        classes = explained(variant, generator=torch.Generator().manual_seed(1))["classes"](logits)
         assert classes.shape == (2, 1) and classes.dtype == torch.long
     with pytest.raises(ValueError, match="random generator"):
-        explained("stochastic", logits)
+        explained("stochastic")
+    with pytest.raises(ValueError, match="selective_class must be one of"):
+        explained("selective", selective_class="median")
 
 
 def test_bad_variants_get_errors_naming_the_choices():

@@ -119,6 +119,23 @@ def foreground_relevance(heatmaps: Tensor, masks: Tensor) -> Tensor:
     return (heatmaps.abs() * masks).sum((2, 3, 4))
 
 
+def foreground_moments(heatmaps: Tensor, masks: Tensor) -> Tensor:
+    """Count, sum and sum of squares of the foreground relevances ``g(H_bk)`` (Eq. 19) of a
+    batch, in float64 and detached: what :func:`natural_range_from_moments` needs, summed over
+    batches.
+
+    Args:
+        heatmaps: ``(B, K, C, H, W)``.
+        masks: ``(B, [1,] H', W')`` in [0, 1] (see :func:`prepare_masks`).
+
+    Returns:
+        ``(3,)``: ``[n, sum g, sum g^2]``.
+    """
+    h = heatmaps.detach().double()
+    g = foreground_relevance(h, prepare_masks(masks, h))
+    return torch.stack([g.new_tensor(g.numel()), g.sum(), (g**2).sum()])
+
+
 def natural_range(relevance: Tensor, *, spread: float = defaults.AUTO_C_SPREAD,
                   c1_fraction: float = defaults.AUTO_C1_FRACTION,
                   c2_ratio: float = defaults.AUTO_C2_RATIO) -> tuple[float, float]:

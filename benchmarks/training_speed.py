@@ -1,7 +1,7 @@
 """Training-step time of an ISNet relative to a standard classifier, measured side by side.
 
 One step = forward (with the B x K heatmaps for the ISNet), loss, backward and SGD
-update, as :class:`isnet.training.ISNetModule` does it.  Prints the median step
+update, as :class:`isnet.systems.isnet.ISNetModule` does it.  Prints the median step
 time of both and their ratio for each K.
 
 Each model is timed in its own fresh process, as training runs it: in one shared
@@ -69,7 +69,7 @@ def convolution_seconds(step, repeats: int = 3) -> float:
 def worker(args: argparse.Namespace) -> None:
     """Time one model in this process and print ``{"times": [...], "conv": s}`` as JSON."""
     from isnet.allocator import keep_freed_memory
-    from isnet.training import ISNetModule
+    from isnet.systems.isnet import ISNetModule
 
     if not args.default_allocator:
         keep_freed_memory()

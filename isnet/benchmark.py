@@ -37,13 +37,23 @@ from .jsonio import write_json
 from .render import model_heatmap_grid, training_curves
 from .report import Report, evaluation_report
 from .systems.base import SystemModule
-from .systems.registry import build_system
-from .training import estimate_c1_c2, train
+from .systems.isnet import estimate_c1_c2
+from .systems.registry import METHODS, build_system
+from .training import train
+
+
+def _benchmark_models() -> tuple[str, ...]:
+    """Every method of the registry, in its order, and after ``isnet`` the benchmark's own
+    ``reference``: a standard classifier trained on the data without the bias."""
+    names = list(METHODS)
+    names.insert(names.index("isnet") + 1, "reference")
+    return tuple(names)
+
 
 DEFAULT_MODELS = ("standard", "isnet", "reference")
 WARM_STARTABLE = ("isnet", "isnet_gi", "rrr", "gain")  # systems whose deployed network is the plain backbone
-ALL_MODELS = ("standard", "isnet", "reference", "pipeline", "multitask", "sononet", "gain", "rrr", "isnet_gi", "vit",
-              "ham")
+ALL_MODELS = _benchmark_models()
+"""The models ``models="all"`` trains: every system of :data:`isnet.systems.registry.METHODS` and the reference."""
 DATASETS = ("digits", "radiographs")
 
 
@@ -363,7 +373,7 @@ def _run_one(bench: _Benchmark, folder: Path, out: Path, names: list[str], prof:
                                  background_swap=background_swap)
         if name == "pipeline":
             alone = module.without_segmenter
-            explainers["pipeline (no segmenter)"] = lrp_explainer(alone, epsilon=module.hparams.epsilon)
+            explainers["pipeline (no segmenter)"] = lrp_explainer(alone, module.lrp_settings())
             results["pipeline (no segmenter)"] = evaluate(alone, tests, class_names=classes,
                                                           explainer=explainers["pipeline (no segmenter)"], seed=seed,
                                                           background_swap=background_swap)

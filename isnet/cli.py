@@ -14,6 +14,8 @@ from . import defaults
 from .allocator import keep_freed_memory
 from .jsonio import dumps, write_json
 from .export import ExportError
+from .lrp import LRPSettings
+from .systems.registry import METHODS, TUNABLE
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -21,13 +23,14 @@ def _explain(args: argparse.Namespace) -> int:
 
     from .backbones import load_model
     from .data.images import find_images
-    from .predict import lrp_explainer, model_preprocessing, read_images, write_heatmap_pngs
+    from .evaluation import lrp_explainer
+    from .predict import model_preprocessing, read_images, write_heatmap_pngs
     from .render import heatmap_grid
 
     model, info = load_model(args.model)
     paths = find_images(args.images)
     images = read_images(paths, model_preprocessing(info, args.size), channels=info.get("in_channels", 3))
-    explain = lrp_explainer(model, **_lrp_settings(args))
+    explain = lrp_explainer(model, _lrp_settings(args))
     names = info.get("class_names") or [str(i) for i in range(info["num_classes"])]
     classes = args.classes if args.classes is not None else list(range(info["num_classes"]))
     out = Path(args.out)
@@ -53,15 +56,17 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lrp_settings(args: argparse.Namespace) -> dict:
-    return {"epsilon": args.epsilon, "zb": not args.no_zb, "low": args.low, "high": args.high}
+def _lrp_settings(args: argparse.Namespace) -> LRPSettings:
+    """The LRP settings of ``--epsilon``, ``--no-zb``, ``--low`` and ``--high``."""
+    return LRPSettings(epsilon=args.epsilon, zb=not args.no_zb, low=args.low, high=args.high)
 
 
 def _predict(args: argparse.Namespace) -> int:
     from .data.images import find_images
     from .export import load_deployed
-    from .predict import (decisions, heatmaps_of_classes, lrp_explainer, model_preprocessing, probabilities,
-                          read_images, run_network, write_heatmap_pngs, write_predictions)
+    from .evaluation import lrp_explainer
+    from .predict import (decisions, heatmaps_of_classes, model_preprocessing, probabilities, read_images,
+                          run_network, write_heatmap_pngs, write_predictions)
 
     network, info = load_deployed(args.model)
     if args.heatmaps and info["format"] != "model":
@@ -84,7 +89,7 @@ def _predict(args: argparse.Namespace) -> int:
         if info["explainer"] is not None:  # a system's own explainer (all classes at once)
             maps = heatmaps_of_classes(info["explainer"], images, top, args.batch_size, per_class=False)
         else:
-            maps = heatmaps_of_classes(lrp_explainer(network, **_lrp_settings(args)), images, top, args.batch_size)
+            maps = heatmaps_of_classes(lrp_explainer(network, _lrp_settings(args)), images, top, args.batch_size)
         write_heatmap_pngs(args.heatmaps, paths, images, maps[:, None], [[k] for k in top])
     if not args.quiet:
         print(f"wrote predictions for {len(paths)} image(s) to {out}"
@@ -142,7 +147,7 @@ def _fit(args: argparse.Namespace) -> int:
     data.setup()
     model_args = dict(cfg["model"])
     if args.estimate_c_from:
-        from .training import estimate_c1_c2
+        from .systems.isnet import estimate_c1_c2
 
         standard = load_system(args.estimate_c_from)
         model_args["C1"], model_args["C2"] = estimate_c1_c2(standard.deployed, data.val_dataloader())
@@ -363,8 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit", help="train an ISNet (or, with model.P=0, a standard classifier) from a YAML config")
     p.add_argument("--config", help="YAML file with model / data / trainer sections (see configs/)")
     p.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="override config values")
-    p.add_argument("--method", help="system to train (overrides model.method): standard, isnet, pipeline, "
-                   "multitask, sononet, gain, rrr, isnet_gi, vit, ham")
+    p.add_argument("--method", help=f"system to train (overrides model.method): {', '.join(METHODS)}")
     p.add_argument("--estimate-c-from", metavar="CHECKPOINT",
                    help="set C1, C2 from the heatmaps of this standard classifier on the val split (Appendix F.3)")
     p.add_argument("--resume", action="store_true",
@@ -393,7 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tune", help="search a method's loss hyper-parameters on synthetically biased data "
                        "(Appendix F.3) and write the grid")
-    p.add_argument("--method", required=True, help="isnet, isnet_gi, multitask, rrr or gain")
+    p.add_argument("--method", required=True, help=f"a method with a default grid: {', '.join(TUNABLE)} "
+                   "(any other method with --grid)")
     p.add_argument("--config", help="YAML config of the data and fixed settings (data.bias is forced on)")
     p.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument("--epochs", type=int, help="epochs per setting (default: trainer.max_epochs)")
@@ -448,8 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "weights (default: isnet), or 'none' for the paper's random start")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--models", default="standard,isnet,reference",
-                   help="comma-separated systems (standard, isnet, reference, pipeline, multitask, sononet, gain, "
-                        "rrr, isnet_gi, vit) or 'all' (then on both benchmarks unless --datasets says otherwise)")
+                   help=f"comma-separated systems ({', '.join(METHODS)}, and reference: a standard classifier "
+                        "trained without the bias) or 'all' (then on both benchmarks unless --datasets says otherwise)")
     p.add_argument("--datasets", help="comma-separated built-in benchmarks: digits, radiographs, or 'all' "
                                       "(default: digits; all with --models all)")
     p.add_argument("--no-background-swap", action="store_true",

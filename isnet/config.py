@@ -5,7 +5,7 @@ Example::
     seed_everything: 0
     out: runs/covid
     model:            # the system's arguments (num_classes comes from the data)
-      method: isnet   # or standard, pipeline, multitask, sononet, gain, rrr, isnet_gi, vit, ham
+      method: isnet   # any name of isnet.systems.registry.METHODS (`isnet fit --help` lists them)
       backbone: densenet121
       P: 0.7
       d: 0.9

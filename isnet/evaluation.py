@@ -20,7 +20,7 @@ from scipy.special import expit, softmax
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from . import defaults
+from .lrp import LRPSettings
 from .metrics import attention_metrics, attention_summary, best_thresholds, evaluate_scores
 from .metrics.classification import multilabel_metrics, single_label_metrics
 
@@ -28,16 +28,24 @@ Explainer = Callable[[Tensor], tuple[Tensor, Tensor]]
 """``images (B, C, H, W) -> (logits (B, K), heatmaps (B, K, C, H, W))``."""
 
 
-def lrp_explainer(model: nn.Module, *, epsilon: float = defaults.EPSILON, zb: bool = defaults.ZB,
-                  low: float = defaults.ZB_LOW, high: float = defaults.ZB_HIGH) -> Explainer:
-    """LRP heatmaps of every class (the engine's rules, Alg. 1 step 2c) as an :data:`Explainer`."""
+def lrp_explainer(model: nn.Module, settings: LRPSettings | None = None) -> Explainer:
+    """LRP heatmaps (the engine's rules, Alg. 1 step 2c) as an :data:`Explainer`.
+
+    Args:
+        model: the classifier to explain, ``images (B, C, H, W) -> logits (B, K)``.
+        settings: epsilon and the zB bounds (default: the paper's, :mod:`isnet.defaults`).
+
+    Returns:
+        ``explain(images, classes=None) -> (logits (B, K), heatmaps (B, K', C, H, W))``, without
+        gradients: every class's heatmap, or those of ``classes`` (see :class:`isnet.LRPGraph`).
+    """
     from .lrp import LRPGraph
 
-    graph = LRPGraph(model, epsilon=epsilon, zb=zb, low=low, high=high)
+    graph = LRPGraph(model, settings=settings)
 
-    def explain(images: Tensor) -> tuple[Tensor, Tensor]:
+    def explain(images: Tensor, classes: Sequence[int] | None = None) -> tuple[Tensor, Tensor]:
         with torch.no_grad():
-            return graph(images)
+            return graph(images, classes=classes)
 
     return explain
 

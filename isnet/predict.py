@@ -17,8 +17,6 @@ from torch import Tensor
 
 from .data.images import Preprocessing, load_image, read_image
 
-Explainer = Callable[[Tensor], tuple[Tensor, Tensor]]
-
 
 def data_preprocessing(data: dict[str, Any]) -> dict[str, Any]:
     """What :class:`~isnet.data.MaskedImageDataModule` with the settings ``data`` (its keyword
@@ -89,19 +87,6 @@ def run_network(network: Callable[[Tensor], Tensor], images: Tensor, batch_size:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     with torch.no_grad():
         return torch.cat([network(batch).detach().float().cpu() for batch in images.split(batch_size)])
-
-
-def lrp_explainer(network: torch.nn.Module, **lrp: Any) -> Explainer:
-    """``images -> (logits, heatmaps (B, K, C, H, W))`` by LRP (:class:`isnet.LRPGraph`, settings ``lrp``)."""
-    from .lrp import LRPGraph
-
-    graph = LRPGraph(network, **lrp)
-
-    def explain(images: Tensor, classes: Sequence[int] | None = None) -> tuple[Tensor, Tensor]:
-        with torch.no_grad():
-            return graph(images, classes=classes)
-
-    return explain
 
 
 def heatmaps_of_classes(explainer: Callable[..., tuple[Tensor, Tensor]], images: Tensor, classes: Sequence[int],

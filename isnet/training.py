@@ -1,9 +1,7 @@
-"""The training module (Algorithm 1, Appendix F.2): one LightningModule for ISNets and
-standard classifiers.
-
-With ``P > 0`` every step computes the B x K heatmaps and the ISNet loss; with
-``P = 0`` no heatmap is computed and the module trains a standard classifier with
-the same data, optimiser and logging.
+"""The training driver (Algorithm 1, Appendix F.2): :func:`train` fits any system
+(:class:`~isnet.systems.base.SystemModule`: the ISNet of :mod:`isnet.systems.isnet`, a
+standard classifier, the comparison systems) with the same trainer, logs, checkpoints
+and choice of the best epoch.
 """
 
 from __future__ import annotations
@@ -11,283 +9,17 @@ from __future__ import annotations
 import inspect
 import logging
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import lightning as L
 import torch
-from torch import Tensor, nn
 
 from . import defaults
-from .backbones import build_backbone, save_model
-from .loss import ISNetLoss, foreground_relevance, natural_range_from_moments, prepare_masks
-from .model import ISNet
-from .systems.base import SystemModule, TrainingDivergedError, check_optimisation, require_relevance
-
-
-def warmup_weight(step: int, P: float, warmup_steps: int) -> float:
-    """``P`` of the heatmap-loss warm-up at optimiser step ``step`` (0-based): ``P * step /
-    warmup_steps`` for ``step < warmup_steps`` (0 at the first step), ``P`` from then on."""
-    if warmup_steps < 0 or step < 0:
-        raise ValueError(f"step and warmup_steps must be >= 0, got {step} and {warmup_steps}")
-    return P if step >= warmup_steps else P * step / warmup_steps
-
-
-SELECTION_METRIC = "selection_loss"
-"""Validation loss of the epochs that may be chosen as the best (inf during a heatmap-loss warm-up)."""
-
-
-class ISNetModule(SystemModule):
-    """ISNet (``P > 0``) or standard classifier (``P = 0``) training.
-
-    Args:
-        backbone: architecture name (see :mod:`isnet.backbones`).
-        num_classes: number of classes K.
-        in_channels: image channels.
-        arch_kwargs: extra arguments for the backbone constructor.
-        P, d, E, w1, w2: heatmap loss settings (Section 4.3).
-        C1, C2: natural range of total absolute foreground relevance (Eq. 20).  ``None`` (the
-            default): set automatically from the current model's foreground relevance over the
-            last epoch of the heatmap-loss warm-up, or the first epoch when there is none
-            (:func:`isnet.loss.natural_range`; outside a trainer from the first batch); until then
-            ``L2`` is left out of the loss.  Numbers
-            fix them, e.g. from a standard classifier (:func:`estimate_c1_c2`, Appendix F.3).
-        heatmap_warmup_epochs: ``P`` rises linearly from 0 at the first step to its value at
-            the end of this many epochs (0: the paper's constant ``P``).  Validation losses and
-            the choice of the best checkpoint use the full ``P``; epochs of the warm-up are not
-            chosen as the best unless the run is all warm-up.
-        epsilon, zb, low, high: LRP settings.
-        multilabel: binary cross-entropy and independent labels.
-        lr, momentum, weight_decay: optimiser settings (default Adam, beta1 0.9, lr 1e-3; the paper's,
-            Appendix F.2, are SGD, momentum 0.99, lr 1e-3, constant: see :mod:`isnet.defaults`).
-        optimizer: ``adam`` (momentum then sets beta1) or ``sgd`` (the paper's).
-        lr_schedule: ``cosine`` (annealed to 0 over the trainer's max_epochs) or ``constant`` (the paper's).
-        warmup_epochs: linear learning-rate warm-up over this many epochs before the schedule
-            (0, the paper's setting: none); steadies Adam's first steps under the heatmap loss.
-        class_names: names of the K classes, kept with exported models.
-        channels_last: keep the backbone's weights and the images channels-last (4-D
-            images only).  The same numbers up to rounding, faster training on the CPU.
-    """
-
-    def __init__(
-        self,
-        backbone: str = "densenet121",
-        num_classes: int = 3,
-        *,
-        in_channels: int = 3,
-        arch_kwargs: dict[str, Any] | None = None,
-        P: float = defaults.P,
-        d: float = defaults.D,
-        E: float = defaults.E,
-        w1: float = defaults.W1,
-        w2: float = defaults.W2,
-        C1: float | None = None,
-        C2: float | None = None,
-        heatmap_warmup_epochs: float = defaults.HEATMAP_WARMUP_EPOCHS,
-        epsilon: float = defaults.EPSILON,
-        zb: bool = defaults.ZB,
-        low: float | Sequence[float] = defaults.ZB_LOW,
-        high: float | Sequence[float] = defaults.ZB_HIGH,
-        multilabel: bool = False,
-        lr: float = defaults.ISNET_LEARNING_RATE,
-        momentum: float = defaults.ISNET_MOMENTUM,
-        weight_decay: float = defaults.WEIGHT_DECAY,
-        optimizer: str = defaults.ISNET_OPTIMIZER,
-        lr_schedule: str = defaults.ISNET_LR_SCHEDULE,
-        warmup_epochs: float = 0.0,
-        class_names: Sequence[str] | None = None,
-        channels_last: bool = defaults.CHANNELS_LAST,
-    ) -> None:
-        super().__init__()
-        check_optimisation(optimizer, lr_schedule, warmup_epochs)
-        if not (isinstance(heatmap_warmup_epochs, (int, float)) and heatmap_warmup_epochs >= 0):
-            raise ValueError(f"heatmap_warmup_epochs must be a number >= 0, got {heatmap_warmup_epochs!r}")
-        for name, value in (("C1", C1), ("C2", C2)):
-            if value is not None and not value > 0:
-                raise ValueError(f"{name} must be positive or None (automatic), got {value!r}")
-        self.save_hyperparameters()
-        model = build_backbone(backbone, num_classes, in_channels, **(arch_kwargs or {}))
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)  # converts the 4-D weights only
-        self.net = ISNet(model, epsilon=epsilon, zb=zb, low=low, high=high)
-        known = C1 is not None and C2 is not None
-        self.criterion = ISNetLoss(P, d, E=E, w1=w1, w2=w2, C1=C1 if known else 1.0, C2=C2 if known else 2.0,
-                                   multilabel=multilabel)
-        self.range_known = known  # whether criterion.C1, C2 hold the range in use
-        self._relevance_stats: list[Tensor] = []  # (n, sum, sum of squares) of g over the warm-up's last epoch
-
-    @property
-    def method(self) -> str:  # type: ignore[override]
-        return "isnet" if self.uses_heatmaps else "standard"
-
-    @property
-    def backbone(self) -> nn.Module:
-        """The plain classifier to deploy."""
-        return self.net.backbone
-
-    @property
-    def deployed(self) -> nn.Module:
-        return self.net.backbone
-
-    @property
-    def uses_heatmaps(self) -> bool:
-        return self.hparams.P > 0
-
-    def _layout(self, images: Tensor) -> Tensor:
-        if self.hparams.get("channels_last", False) and images.dim() == 4:
-            return images.contiguous(memory_format=torch.channels_last)
-        return images
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(self._layout(x))
-
-    # -- heatmap-loss warm-up and automatic C1, C2 -------------------------------------------
-    def _steps_per_epoch(self) -> float:
-        trainer = self._trainer
-        key = (id(trainer), trainer.max_epochs)
-        if getattr(self, "_steps_cache", (None,))[0] != key:  # the trainer's estimate is costly: once per fit
-            per_epoch = max(1.0, float(trainer.estimated_stepping_batches) / max(1, trainer.max_epochs or 1))
-            self._steps_cache = (key, per_epoch)
-        return self._steps_cache[1]
-
-    def warmup_steps(self) -> int:
-        """Optimiser steps of the heatmap-loss warm-up (0 without one, or outside a trainer)."""
-        epochs = self.hparams.get("heatmap_warmup_epochs", 0.0)
-        if epochs == 0 or self._trainer is None:
-            return 0
-        return max(1, round(epochs * self._steps_per_epoch()))
-
-    def heatmap_weight(self, step: int | None = None) -> float:
-        """``P`` at optimiser step ``step`` (default: the current one): ``P * step / warm-up steps``
-        during the heatmap-loss warm-up, ``P`` after it."""
-        return warmup_weight(self.global_step if step is None else step, float(self.hparams.P), self.warmup_steps())
-
-    def set_natural_range(self, C1: float, C2: float) -> None:
-        """Fix the foreground loss's range ``[C1, C2]`` (kept in checkpoints)."""
-        if not 0 < C1 < C2:
-            raise ValueError(f"need 0 < C1 < C2, got C1={C1}, C2={C2}")
-        self.criterion.C1, self.criterion.C2 = float(C1), float(C2)
-        self.range_known = True
-        self._relevance_stats = []
-
-    def _update_natural_range(self, heatmaps: Tensor, masks: Tensor) -> None:
-        """Collect foreground relevances over the warm-up's last epoch; set C1, C2 when it ends."""
-        g = foreground_relevance(heatmaps.detach().double(), prepare_masks(masks, heatmaps.detach().double()))
-        hp = self.hparams
-        current = torch.stack([g.new_tensor(g.numel()), g.sum(), (g**2).sum()])
-        if self._trainer is not None:
-            # observe one epoch: the warm-up's last, or the first when there is no warm-up
-            step, per_epoch = self.global_step, self._steps_per_epoch()
-            end = max(self.warmup_steps(), round(per_epoch))
-            if step < end:
-                if step >= end - per_epoch:
-                    self._relevance_stats.append(current)
-                if step < end - 1:
-                    return
-        stats = torch.stack(self._relevance_stats).sum(0) if self._relevance_stats else current
-        if self._trainer is not None and self.trainer.world_size > 1:
-            stats = self.trainer.strategy.reduce(stats, reduce_op="sum")  # every process gets the same range
-        n, total_g, total_sq = (float(v) for v in stats)
-        mean = total_g / n
-        std = max(0.0, (total_sq - n * mean**2) / max(1.0, n - 1)) ** 0.5
-        c1, c2 = natural_range_from_moments(mean, std, n)
-        self.set_natural_range(hp.C1 if hp.C1 is not None else c1, hp.C2 if hp.C2 is not None else c2)
-
-    def losses(self, batch: dict) -> tuple[dict[str, Tensor], Tensor]:
-        images, masks, labels = self._layout(batch["image"]), batch["mask"], batch["label"]
-        if not self.uses_heatmaps:
-            logits = self.net(images)
-            out = self.criterion(logits, labels, None, None)
-            return {"loss": out.total, "L_C": out.classification}, logits
-        logits, heatmaps = self.net(images, heatmaps=True)
-        require_relevance(heatmaps)
-        if self.training and not self.range_known:
-            self._update_natural_range(heatmaps, masks)
-        P = self.heatmap_weight() if self.training else float(self.hparams.P)
-        out = self.criterion(logits, labels, heatmaps, masks, P=P, foreground=self.range_known)
-        parts = {"loss": out.total, "L_C": out.classification, "L_LRP": out.heatmap, "L1": out.background,
-                 "L2": out.foreground}
-        if self.training:
-            parts["P"] = out.total.new_tensor(P)
-            if self.range_known:
-                parts.update(C1=out.total.new_tensor(self.criterion.C1), C2=out.total.new_tensor(self.criterion.C2))
-        return parts, logits
-
-    def validation_step(self, batch: dict, batch_idx: int) -> Tensor:
-        loss = super().validation_step(batch, batch_idx)
-        # The best checkpoint is chosen among epochs trained with the full loss: a warm-up epoch's
-        # model has not been trained against its background relevance yet.
-        settled = not self.uses_heatmaps or (self.range_known and self.global_step >= self.warmup_steps())
-        self.log(SELECTION_METRIC, loss if settled else torch.full_like(loss, float("inf")),
-                 batch_size=batch["image"].shape[0], on_step=False, on_epoch=True, logger=False, sync_dist=True)
-        return loss
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        if self.range_known:
-            checkpoint["isnet_natural_range"] = [self.criterion.C1, self.criterion.C2]
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        if "isnet_natural_range" in checkpoint:
-            self.set_natural_range(*checkpoint["isnet_natural_range"])
-
-    # -- deployment --------------------------------------------------------------------------
-    export_stem = "backbone"  # backbone.pt (isnet model file), backbone.onnx, backbone.pt2
-
-    def write_model_file(self, path: Path, metadata: dict[str, Any]) -> Path:
-        """The plain backbone as an isnet model file (:func:`isnet.backbones.save_model`):
-        architecture, ``state_dict``, class names, preprocessing, thresholds."""
-        hp = self.hparams
-        return save_model(path, self.backbone, arch=hp.backbone, num_classes=hp.num_classes,
-                          in_channels=hp.in_channels, class_names=metadata["class_names"],
-                          preprocessing=metadata["preprocessing"], arch_kwargs=hp.arch_kwargs,
-                          multilabel=hp.multilabel, thresholds=metadata["thresholds"])
-
-
-def estimate_c1_c2(model: nn.Module, loader: Any, *, batches: int = 4, epsilon: float = defaults.EPSILON,
-                   zb: bool = defaults.ZB, low: float = defaults.ZB_LOW, high: float = defaults.ZB_HIGH,
-                   heatmaps: str = "lrp") -> tuple[float, float]:
-    """C1 and C2 from a standard classifier's heatmaps (Appendix F.3).
-
-    C1 is the smallest and C2 the largest total absolute relevance ``Sum(|H_bk|)``
-    observed over the heatmaps of all classes of the first ``batches`` batches.
-    ``heatmaps="grad_input"`` measures Gradient*Input maps instead of LRP (for the
-    ISNet Grad*Input ablation, whose maps have another scale).
-
-    Returns:
-        ``(C1, C2)`` with ``0 < C1 < C2``.
-    """
-    if heatmaps not in ("lrp", "grad_input"):
-        raise ValueError(f"heatmaps must be 'lrp' or 'grad_input', got {heatmaps!r}")
-    graph = ISNet(model, epsilon=epsilon, zb=zb, low=low, high=high).lrp_graph
-    was_training = model.training
-    model.eval()
-    totals = []
-    device = next(model.parameters()).device
-    for i, batch in enumerate(loader):
-        if i >= batches:
-            break
-        images = batch["image"].to(device)
-        if heatmaps == "lrp":
-            with torch.no_grad():
-                maps = graph(images)[1]
-        else:
-            from .systems.gradients import gradient_times_input
-
-            with torch.enable_grad():
-                logits = model(images[:1])
-                maps = gradient_times_input(model, images, logits.shape[1])[1].detach()
-        totals.append(maps.abs().sum((2, 3, 4)).flatten())
-    model.train(was_training)
-    if not totals:
-        raise ValueError("no batches to estimate C1 and C2 from")
-    t = torch.cat(totals)
-    c1, c2 = float(t.min()), float(t.max())
-    if not 0 < c1 < c2:
-        raise ValueError(f"cannot estimate C1 < C2 from heatmaps with total relevance in [{c1}, {c2}]")
-    return c1, c2
+from .systems.base import SystemModule, TrainingDivergedError
 
 
 @contextmanager
@@ -325,7 +57,8 @@ def train(
     **trainer_kwargs: Any,
 ) -> tuple[SystemModule, Path | None]:
     """Fit ``module`` (an ISNet or any other system) and return it with the weights of its
-    lowest validation loss (Alg. 1, step 4).
+    lowest validation loss (Alg. 1, step 4): the epoch with the lowest ``module.monitor``
+    (:attr:`~isnet.systems.base.SystemModule.monitor`).
 
     Logs go to ``folder/logs``: ``metrics.csv`` and TensorBoard event files (the same loss
     parts, plus after every validation epoch the heatmaps of the first ``heatmap_images``
@@ -335,7 +68,7 @@ def train(
     (:class:`isnet.checkpointing.AtomicCheckpointIO`) and carry the random state
     (:class:`isnet.checkpointing.RandomState`).  Gradient norms are clipped to 1 (Appendix
     F.2).  Work a system needs before its own training (``module.before_fit``, e.g. a
-    pipeline's segmenter) runs first, with the same options.
+    pipeline's segmenter) runs first; it trains through this function with the same options.
 
     A loss part that becomes non-finite, or heatmaps that are all zero, stop the run with
     a :class:`~isnet.systems.base.TrainingDivergedError` naming the epoch, step and
@@ -354,7 +87,12 @@ def train(
     from lightning.pytorch.plugins.io import CheckpointIO
 
     from .callbacks import HeatmapImages
-    from .checkpointing import AtomicCheckpointIO, RandomState, epoch_checkpoints, last_checkpoint
+    from .checkpointing import (
+        AtomicCheckpointIO,
+        RandomState,
+        epoch_checkpoints,
+        last_checkpoint,
+    )
 
     if not isinstance(heatmap_images, int) or heatmap_images < 0:
         raise ValueError(f"heatmap_images must be a whole number >= 0, got {heatmap_images!r}")
@@ -376,9 +114,8 @@ def train(
         # segmenter and threshold) is taken from the checkpoint rather than redone.
         module.load_state_dict(torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"])
     with _quiet_lightning(progress):  # scoped: the caller's warning filters and log levels stay theirs
-        module.before_fit(datamodule, folder, **options)
-        monitor = SELECTION_METRIC if isinstance(module, ISNetModule) else "val/loss"
-        checkpoint, last = epoch_checkpoints(folder / "checkpoints", monitor=monitor, mode="min")
+        module.before_fit(datamodule, folder, partial(train, **options))
+        checkpoint, last = epoch_checkpoints(folder / "checkpoints", monitor=module.monitor, mode="min")
         trainer = L.Trainer(
             max_epochs=max_epochs,
             gradient_clip_val=defaults.GRADIENT_CLIP_NORM,

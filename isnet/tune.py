@@ -27,20 +27,18 @@ from .data import MaskedImageDataModule
 from .evaluation import collect_outputs
 from .jsonio import write_json
 from .metrics import evaluate_scores
-from .systems.registry import build_system
+from .systems.registry import METHODS, build_system
 from .training import train
 
 GRIDS: dict[str, dict[str, list[float]]] = {
-    "isnet": {"P": [0.2, 0.4, 0.6, 0.8], "d": [0.9, 0.996, 1.0]},
-    "isnet_gi": {"P": [0.2, 0.4, 0.6, 0.8], "d": [0.9, 0.996, 1.0]},
-    "multitask": {"P": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]},
-    "rrr": {"lambda1": [10.0**i for i in range(0, 9)]},
-    "gain": {"alpha": [1.0, 10.0, 100.0, 1000.0], "omega_e": [1.0, 10.0, 100.0, 1000.0]},
+    name: {argument: list(values) for argument, values in spec.grid.items()}
+    for name, spec in METHODS.items() if spec.grid
 }
-"""The first-stage grid of each method."""
+"""The first-stage grid of each method (:attr:`isnet.systems.registry.SystemSpec.grid`)."""
 
-REFINE: dict[str, tuple[str, float]] = {"isnet": ("P", 0.1), "isnet_gi": ("P", 0.1), "multitask": ("P", 0.05)}
-"""Second stage: the parameter refined around the best first-stage setting, and its step."""
+REFINE: dict[str, tuple[str, float]] = {name: spec.refine for name, spec in METHODS.items() if spec.refine}
+"""Second stage: the parameter refined around the best first-stage setting, and its step
+(:attr:`isnet.systems.registry.SystemSpec.refine`)."""
 
 
 def tune_score(f1_standard: float, f1_biased: float) -> float:

@@ -10,7 +10,7 @@ from PIL import Image
 from isnet.benchmark import _BIAS_TEXT, ALL_MODELS, PROFILES, Profile, _settings, run_benchmark
 from isnet.data.bias import BIAS_KINDS
 from isnet.cli import main
-from isnet.systems.registry import build_system
+from isnet.systems.registry import METHODS, build_system
 
 TINY = Profile("tiny", per_class=(16, 6, 9), size=32, width=8, batch_size=16, standard_epochs=2, isnet_epochs=1)
 
@@ -198,6 +198,11 @@ def test_radiograph_variant_reaches_the_data_and_the_report(tmp_path):
     assert report["profile"]["radiograph_variant"] == "in-lung"
     assert json.loads((tmp_path / "radiographs" / "settings.json").read_text())["variant"] == "in-lung"
     assert "Variant `in-lung`" in (tmp_path / "report.md").read_text()
+
+
+def test_the_benchmark_trains_every_method_of_the_registry_and_the_reference():
+    assert [m for m in ALL_MODELS if m != "reference"] == list(METHODS)
+    assert ALL_MODELS[:3] == ("standard", "isnet", "reference")  # the order of the reports
 
 
 @pytest.mark.parametrize("profile", list(PROFILES))

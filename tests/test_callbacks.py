@@ -15,7 +15,8 @@ from isnet.callbacks import HeatmapImages, heatmap_picture
 from isnet.data import MaskedImageDataModule
 from isnet.data.builtin import generate_digits_on_textures
 from isnet.render import heatmap_to_rgb, image_to_rgb
-from isnet.training import ISNetModule, train
+from isnet.systems.isnet import ISNetModule
+from isnet.training import train
 
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 

@@ -16,7 +16,8 @@ from isnet.checkpointing import AtomicCheckpointIO, RandomState, last_checkpoint
 from isnet.cli import main
 from isnet.data import MaskedImageDataModule
 from isnet.data.builtin import generate_digits_on_textures
-from isnet.training import ISNetModule, train
+from isnet.systems.isnet import ISNetModule
+from isnet.training import train
 
 REPO = Path(__file__).resolve().parents[1]
 

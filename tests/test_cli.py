@@ -1,4 +1,7 @@
-"""The command line: ``isnet explain`` on images on disk with a saved model."""
+"""The command line: ``isnet explain`` on images on disk with a saved model, help texts."""
+
+import argparse
+import re
 
 import numpy as np
 import pytest
@@ -6,7 +9,8 @@ import torch
 from PIL import Image
 
 from isnet.backbones import build_backbone, load_model, save_model
-from isnet.cli import main
+from isnet.cli import build_parser, main
+from isnet.systems.registry import METHODS, TUNABLE
 
 
 @pytest.fixture
@@ -64,6 +68,24 @@ def test_the_command_sets_up_the_allocator_before_it_runs(tmp_path, model_file, 
     assert main(["explain", "--model", str(model_file), "--images", str(images), "--out", str(tmp_path / "o"),
                  "--quiet"]) == 0
     assert calls == [True]
+
+
+def _help(command, option):
+    """The help text of ``option`` of ``isnet command``."""
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    return next(a.help for a in commands[command]._actions if option in a.option_strings)
+
+
+def _listed(text):
+    return set(re.findall(r"\w+", text))
+
+
+def test_the_help_lists_the_methods_of_the_registry():
+    assert set(METHODS) <= _listed(_help("fit", "--method"))
+    assert set(METHODS) | {"reference"} <= _listed(_help("benchmark", "--models"))
+    tunable = _help("tune", "--method")
+    assert set(TUNABLE) <= _listed(tunable) and not (set(METHODS) - set(TUNABLE)) & _listed(tunable)
 
 
 def test_test_command_writes_strict_json_with_null_for_an_undefined_variance(tmp_path):

@@ -191,7 +191,7 @@ def test_config_accepts_the_heatmap_images_option():
 
 def test_fit_reports_a_diverged_run(tmp_path, monkeypatch, capsys):
     """A non-finite loss stops `isnet fit` with a clear error (exit code 3), not a traceback."""
-    from isnet.training import ISNetModule
+    from isnet.systems.isnet import ISNetModule
 
     root = generate_digits_on_textures(tmp_path / "data", per_class=(8, 4, 4), size=32)
     original = ISNetModule.losses

@@ -13,8 +13,9 @@ import torchvision
 from isnet import LRPGraph
 from isnet.data import MaskedImageDataModule
 from isnet.data.radiographs import generate_radiographs
+from isnet.systems.isnet import ISNetModule
 from isnet.systems.registry import load_system
-from isnet.training import ISNetModule, train
+from isnet.training import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 warnings.filterwarnings("ignore", ".*does not have many workers.*")

@@ -16,7 +16,10 @@ from isnet.evaluation import (
     validation_thresholds,
 )
 from isnet.data.swap import swap_plan
+from isnet.lrp import LRPSettings
 from tests.data.test_swap import Items, border_model, centre_model, coloured_set
+
+NO_ZB = LRPSettings(zb=False)
 
 
 def _left_half_model(num_classes=2):
@@ -37,7 +40,7 @@ def test_attention_of_a_model_that_looks_only_at_the_left_half():
     right[..., 4:] = 1
     labels = torch.tensor([0, 1, 0, 1, 0, 1])
     model = _left_half_model()
-    explain = lrp_explainer(model, zb=False, epsilon=0.0)
+    explain = lrp_explainer(model, LRPSettings(epsilon=0.0, zb=False))
     on_left = collect_outputs(model, Items(images, left, labels), explainer=explain, batch_size=4)
     on_right = collect_outputs(model, Items(images, right, labels), explainer=explain, batch_size=4)
     np.testing.assert_allclose(on_left.attention["background_share"], 0.0, atol=1e-6)
@@ -64,7 +67,7 @@ def test_evaluate_multilabel_with_validation_thresholds():
     t = validation_thresholds(model, data)
     assert t.shape == (3,) and np.isfinite(t).all()
     out = evaluate(model, {"val": data}, class_names=["a", "b", "c"], multilabel=True, thresholds=t,
-                   explainer=lrp_explainer(model, zb=False))
+                   explainer=lrp_explainer(model, NO_ZB))
     m = out["val"]
     assert m["task"] == "multi-label" and m["thresholds"] == pytest.approx(t.tolist())
     # full masks: no background at all, so no relevance can be in it
@@ -78,8 +81,8 @@ def test_examples_for_figures():
     picks = pick_examples(data, 3, per_class=1)
     assert picks == [2, 0, 3]
     model = _left_half_model(3)
-    images, maps, classes = example_heatmaps({"a": lrp_explainer(model, zb=False),
-                                              "b": lrp_explainer(model, zb=False)}, data, picks)
+    images, maps, classes = example_heatmaps({"a": lrp_explainer(model, NO_ZB),
+                                              "b": lrp_explainer(model, NO_ZB)}, data, picks)
     assert images.shape == (3, 1, 8, 8) and maps.shape == (2, 3, 1, 8, 8) and classes == [0, 1, 2]
 
 
@@ -89,7 +92,7 @@ def test_a_multilabel_batch_without_positive_labels_has_no_maps_and_no_crash():
     labels = torch.tensor([[1.0, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1], [0, 0, 0], [0, 0, 0]])
     model = _left_half_model(3)
     out = collect_outputs(model, Items(images, masks, labels), multilabel=True, batch_size=4,
-                          explainer=lrp_explainer(model, zb=False))  # second batch: no positive label at all
+                          explainer=lrp_explainer(model, NO_ZB))  # second batch: no positive label at all
     share = out.attention["background_share"]
     assert share.shape == (6,) and np.isnan(share[4:]).all()
     np.testing.assert_allclose(share[:4], 0.0, atol=1e-6)  # full masks: no background

@@ -12,7 +12,7 @@ from isnet.backbones import build_backbone, save_model
 from isnet.export import (ONNX_OPSET, ExportError, check_formats, deployment_metadata, export_network, export_torch,
                           load_deployed)
 from isnet.systems.registry import build_system, load_exported
-from isnet.training import ISNetModule
+from isnet.systems.isnet import ISNetModule
 
 
 def small_backbone(arch: str) -> nn.Module:

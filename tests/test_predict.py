@@ -14,9 +14,10 @@ from isnet.backbones import build_backbone, save_model
 from isnet.cli import main
 from isnet.data import MaskedImageDataModule
 from isnet.export import deployment_metadata, export_network
+from isnet.evaluation import lrp_explainer
 from isnet.lrp import LRPGraph
-from isnet.predict import (data_preprocessing, decisions, heatmaps_of_classes, lrp_explainer, model_preprocessing,
-                           probabilities, read_images)
+from isnet.predict import (data_preprocessing, decisions, heatmaps_of_classes, model_preprocessing, probabilities,
+                           read_images)
 from tests.data.test_datamodule import make_folder
 
 NAMES = ["cat", "dog", "owl"]

@@ -87,3 +87,11 @@ def test_every_name_the_readme_mentions_exists(dotted):
         _resolve(dotted)
     except (AttributeError, ModuleNotFoundError) as error:
         pytest.fail(f"README names {dotted}, which does not resolve: {error}")
+
+
+def test_the_systems_table_lists_the_methods_of_the_registry():
+    from isnet.systems.registry import METHODS
+
+    table = TEXT.split("## The systems", 1)[1].split("\n\n")[2]
+    assert table.startswith("| method |")
+    assert re.findall(r"^\| `(\w+)` \|", table, flags=re.MULTILINE) == list(METHODS)

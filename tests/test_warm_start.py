@@ -6,8 +6,8 @@ import torch
 
 from isnet.cli import main
 from isnet.data.builtin import generate_digits_on_textures
+from isnet.systems.isnet import ISNetModule
 from isnet.systems.registry import build_system
-from isnet.training import ISNetModule
 from isnet.warm_start import WarmStartError, init_from
 
 

@@ -154,6 +154,35 @@ class AffineLayer:
         bias = shift if layer.bias is None else shift + scale * layer.bias
         return weight, bias
 
+    def parameter_bias(self, y: Tensor) -> Tensor | None:
+        """The bias parameters' share of the fused bias: ``beta + scale * b`` (norm shift
+        ``beta``, layer bias ``b``), with the norm's ``scale`` as a constant, so that its
+        gradient reaches the bias parameters only; ``None`` without bias parameters.
+
+        ``z - (p - p.detach())`` (``p`` this tensor) has ``z``'s value and gradient except
+        towards the bias parameters: the paper's detached biases (Alg. 6, step 1), while a
+        norm in training mode keeps the gradient through its batch mean and variance, which
+        the forward pass depends on as well.
+
+        Args:
+            y: the norm's input as returned by :meth:`forward`.
+
+        Returns:
+            ``(C_out,)`` or ``None``.
+        """
+        layer, norm = self.layer, self.norm
+        layer_bias = None if layer is None else layer.bias
+        norm_bias = None if norm is None else norm.bias
+        if layer_bias is None and norm_bias is None:
+            return None
+        if layer_bias is not None and norm is not None:
+            with torch.no_grad():
+                scale = self._norm_scale_shift(y)[0]
+            layer_bias = scale * layer_bias
+        if layer_bias is None:
+            return norm_bias
+        return layer_bias if norm_bias is None else layer_bias + norm_bias
+
     def channel_view(self, v: Tensor, ref: Tensor) -> Tensor:
         """Reshape a per-output-channel vector ``v`` to broadcast against ``ref`` (batch first)."""
         if isinstance(self.layer, nn.Linear):

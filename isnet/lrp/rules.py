@@ -57,12 +57,13 @@ def stabilized_divide(numerator: Tensor, z: Tensor, epsilon: float) -> Tensor:
     return class_product(stabilized_reciprocal(z, epsilon), numerator)
 
 
-def detach_bias(z: Tensor, bias: Tensor) -> Tensor:
+def detach_bias(z: Tensor, bias: Tensor | None) -> Tensor:
     """``z`` with the same value but no gradient path into ``bias`` (Alg. 6, step 1).
 
-    ``bias`` must already broadcast against ``z``.  Skipped when no gradient is recorded.
+    ``bias`` (see :meth:`AffineLayer.parameter_bias`) must already broadcast against ``z``.
+    Skipped when no gradient is recorded.
     """
-    if torch.is_grad_enabled() and bias.requires_grad:
+    if bias is not None and torch.is_grad_enabled() and bias.requires_grad:
         return z + (bias.detach() - bias)
     return z
 
@@ -247,7 +248,8 @@ class Epsilon(Rule):
     def _denominator(self, saved: Saved) -> tuple[Tensor, Tensor, Tensor]:
         """``(x, W, z)`` where ``z`` equals the output in value with the bias detached."""
         x, y, z = saved
-        weight, bias = self.layer.weight_and_bias(y)
+        weight = self.layer.weight_and_bias(y)[0]
+        bias = self.layer.parameter_bias(y)
         if bias is not None:
             z = detach_bias(z, self.layer.channel_view(bias, z))
         return x, weight, z
@@ -373,6 +375,8 @@ class ZPlus(Epsilon):
         """``(x+, x-, W+, W-, b)``."""
         x, y, _ = saved
         weight, bias = self.layer.weight_and_bias(y)
+        if bias is not None:
+            bias = detach_bias(bias, self.layer.parameter_bias(y))  # the bias parameters' share detached
         return x, x.clamp(min=0), x.clamp(max=0), weight.clamp(min=0), weight.clamp(max=0), bias
 
     def _denominator_zplus(self, parts: tuple) -> Tensor:
@@ -380,7 +384,7 @@ class ZPlus(Epsilon):
         _, x_pos, x_neg, w_pos, w_neg, bias = parts
         z = _linear_pair(self.layer, x_pos, x_neg, w_pos, w_neg)
         if bias is not None:
-            z = z + self.layer.channel_view(bias.detach().clamp(min=0), z)
+            z = z + self.layer.channel_view(bias.clamp(min=0), z)
         return z
 
     def reciprocal(self, saved: Saved) -> Tensor:

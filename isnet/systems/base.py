@@ -21,9 +21,15 @@ import torch
 from torch import Tensor, nn
 
 from .. import defaults
+from ..lrp import LRPSettings
 
 Explainer = Callable[[Tensor], tuple[Tensor, Tensor]]
 """``images (B, C, H, W) -> (logits (B, K), heatmaps (B, K, C', H, W))``."""
+
+Fit = Callable[..., tuple["SystemModule", Path | None]]
+"""``fit(system, datamodule, folder, *, max_epochs) -> (system, best checkpoint or None)``:
+:func:`isnet.training.train` with the options of the run that calls :meth:`SystemModule.before_fit`
+(systems do not import the training driver, which imports them)."""
 
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "cosine")
@@ -118,6 +124,8 @@ class SystemModule(L.LightningModule):
 
     method: ClassVar[str] = ""
     needs_input_gradients: ClassVar[bool] = False  # its loss differentiates through input gradients
+    monitor: ClassVar[str] = "val/loss"
+    """The logged validation value whose lowest epoch :func:`isnet.training.train` keeps as the best."""
 
     # -- what subclasses define --------------------------------------------------------------
     @property
@@ -139,9 +147,13 @@ class SystemModule(L.LightningModule):
         """Heatmaps of the deployed network's decisions (LRP with the paper's rules by default)."""
         from ..evaluation import lrp_explainer
 
-        hp = self.hparams
-        return lrp_explainer(self.deployed, epsilon=hp.get("epsilon", defaults.EPSILON), zb=hp.get("zb", defaults.ZB),
-                             low=hp.get("low", defaults.ZB_LOW), high=hp.get("high", defaults.ZB_HIGH))
+        return lrp_explainer(self.deployed, self.lrp_settings())
+
+    def lrp_settings(self) -> LRPSettings:
+        """The LRP settings among the hyper-parameters (``epsilon``, ``zb``, ``low``, ``high``;
+        the paper's, :mod:`isnet.defaults`, for those a system does not have)."""
+        return LRPSettings(**{name: self.hparams[name] for name in ("epsilon", "zb", "low", "high")
+                              if name in self.hparams})
 
     # -- shared ------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
@@ -244,8 +256,13 @@ class SystemModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["isnet_method"] = self.method
 
-    def before_fit(self, datamodule: L.LightningDataModule, folder: Any, **train_options: Any) -> None:
-        """Work done before this system's own training (e.g. training a segmenter); nothing by default."""
+    def before_fit(self, datamodule: L.LightningDataModule, folder: Path, fit: Fit) -> None:
+        """Work done before this system's own training (e.g. training a segmenter); nothing by default.
+
+        Args:
+            datamodule, folder: the run's data and output folder.
+            fit: trains another system with the run's options (see :data:`Fit`).
+        """
 
     # -- deployment --------------------------------------------------------------------------
     export_stem: ClassVar[str] = "model"

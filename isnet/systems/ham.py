@@ -193,10 +193,9 @@ class HAMModule(ConfiguredSystem):
 
     def explainer(self) -> Explainer:
         """LRP heatmaps of the head scores (``-a`` for normal, ``b_j`` for abnormality j), FAB gates constant."""
-        hp = self.hparams
         classifier = self.deployed
-        graph = LRPGraph(HAMScores(self.net, self.normal_index), epsilon=hp.epsilon, zb=hp.zb, low=hp.low,
-                         high=hp.high, rules={ForegroundAttention: lambda m, eps: ConstantAttentionRule(m)})
+        graph = LRPGraph(HAMScores(self.net, self.normal_index), settings=self.lrp_settings(),
+                         rules={ForegroundAttention: lambda m, eps: ConstantAttentionRule(m)})
 
         def explain(images: Tensor) -> tuple[Tensor, Tensor]:
             with torch.no_grad():

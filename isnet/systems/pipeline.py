@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from .. import defaults
 from ..backbones import build_backbone
 from ..loss import classification_loss
-from .base import ConfiguredSystem, Explainer, SystemModule, check_optimisation
+from .base import ConfiguredSystem, Explainer, Fit, SystemModule, check_optimisation
 from .unet import UNet
 
 THRESHOLDS = tuple(np.round(np.arange(0.05, 1.0, 0.05), 2))
@@ -136,16 +136,14 @@ class PipelineModule(ConfiguredSystem):
         self.segmenter.eval()  # frozen: its batch norms (if any) and dropout stay in eval mode
         return self
 
-    def before_fit(self, datamodule: Any, folder: Any, **train_options: Any) -> None:
+    def before_fit(self, datamodule: Any, folder: Path, fit: Fit) -> None:
         """Stage 1: train the U-Net on the masks and pick the threshold of best validation IoU."""
         if float(self.threshold) >= 0:
             return
-        from ..training import train
-
         hp = self.hparams
         stage = SegmenterModule(self.segmenter, lr=hp.segmenter_lr, momentum=hp.momentum, optimizer=hp.optimizer,
                                 lr_schedule=hp.lr_schedule)
-        train(stage, datamodule, Path(folder) / "segmenter", max_epochs=hp.segmenter_epochs, **train_options)
+        fit(stage, datamodule, Path(folder) / "segmenter", max_epochs=hp.segmenter_epochs)
         ious = iou_by_threshold(self.segmenter, datamodule.val_set)
         best = max(ious, key=ious.get)
         self.threshold.fill_(best)
@@ -168,7 +166,6 @@ class PipelineModule(ConfiguredSystem):
         """LRP heatmaps of the classifier's decision on the segmented image."""
         from ..evaluation import lrp_explainer
 
-        hp = self.hparams
         pipeline = self.deployed
-        explain = lrp_explainer(self.classifier, epsilon=hp.epsilon, zb=hp.zb, low=hp.low, high=hp.high)
+        explain = lrp_explainer(self.classifier, self.lrp_settings())
         return lambda images: explain(pipeline.segment(images))

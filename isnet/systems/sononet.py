@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.fx import Node
 
-from ..lrp import LRPGraph, Rule
+from ..lrp import LRPGraph, LRPSettings, Rule
 from .base import ClassifierSystem
 
 __all__ = ["AGSononet", "AttentionGate", "ConstantGateRule", "sononet_explainer", "sononet_rules"]
@@ -180,26 +180,19 @@ def sononet_rules() -> dict[type, Callable[[nn.Module, float], Rule]]:
     return {AttentionGate: lambda module, epsilon: ConstantGateRule(module)}
 
 
-def sononet_explainer(
-    model: nn.Module,
-    *,
-    epsilon: float = 0.01,
-    zb: bool = True,
-    low: float | Sequence[float] = 0.0,
-    high: float | Sequence[float] = 1.0,
-) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+def sononet_explainer(model: nn.Module,
+                      settings: LRPSettings | None = None) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
     """LRP heatmaps of every class for an AG-Sononet (or any model with attention gates).
 
     Args:
         model: the classifier, used in its current train / eval mode.
-        epsilon: LRP-epsilon stabiliser (0 gives LRP-0).
-        zb: LRP-zB in the first convolution, with input bounds ``low``, ``high``.
+        settings: epsilon and the zB bounds of the first convolution (default: the paper's).
 
     Returns:
         ``images (B, C, H, W) -> (logits (B, K), heatmaps (B, K, C, H, W))``, computed
         under ``torch.no_grad()``.
     """
-    graph = LRPGraph(model, epsilon=epsilon, zb=zb, low=low, high=high, rules=sononet_rules())
+    graph = LRPGraph(model, settings=settings, rules=sononet_rules())
 
     def explain(images: Tensor) -> tuple[Tensor, Tensor]:
         with torch.no_grad():
@@ -225,5 +218,4 @@ class AGSononetModule(ClassifierSystem):
         self.network = AGSononet(in_channels, num_classes, width)
 
     def explainer(self) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
-        hp = self.hparams
-        return sononet_explainer(self.network, epsilon=hp.epsilon, zb=hp.zb, low=hp.low, high=hp.high)
+        return sononet_explainer(self.network, self.lrp_settings())

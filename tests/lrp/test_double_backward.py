@@ -108,8 +108,9 @@ def test_every_layer_weight_receives_a_gradient(name, train, rule):
 @pytest.mark.parametrize("train", [False, True])
 def test_gradients_match_a_literal_algorithm_6_in_both_modes(train):
     """Against the paper's LRP block written out by hand: the fused layer recomputed from its input
-    with K' = K gamma / sigma and B' = beta + gamma (B - mu) / sigma detached (Eqs. 25, 26, Alg. 6),
-    batch statistics in training mode.  Gradients must agree for every parameter."""
+    with K' = K gamma / sigma and B' = beta + gamma (B - mu) / sigma (Eqs. 25, 26, Alg. 6), the bias
+    parameters beta and B detached in the denominator, batch statistics in training mode (with their
+    gradient: the forward depends on them).  Gradients must agree for every parameter."""
     torch.manual_seed(0)
     conv, norm, fc = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Linear(4 * 36, 3)
     net = nn.Sequential(conv, norm, nn.ReLU(), nn.Flatten(), fc).double().train(train)
@@ -142,8 +143,44 @@ def test_gradients_match_a_literal_algorithm_6_in_both_modes(train):
         R = logits * F.one_hot(torch.tensor(k), 3).double()
         z = F.linear(h.flatten(1), fc.weight, fc.bias.detach())
         Rh = (h.flatten(1) * ((R / stab(z)) @ fc.weight)).view_as(h)
-        z1 = F.conv2d(x, K, B.detach(), padding=1)
+        z1 = F.conv2d(x, K, norm.bias.detach() + norm.weight * (conv.bias.detach() - mu) / sigma, padding=1)
         maps.append(x * F.conv_transpose2d(Rh / stab(z1), K, padding=1))
     literal = torch.autograd.grad(heatmap_loss(torch.stack(maps, 1), mask), params)
     for name, a, b in zip(["conv.w", "conv.b", "bn.w", "bn.b", "fc.w", "fc.b"], engine, literal):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("rule", ["epsilon", "zplus"])
+@pytest.mark.parametrize("train", [False, True])
+def test_batch_norm_weight_gradients_are_true_gradients_in_both_modes(train, rule):
+    """With batch norm in training mode the heatmaps depend on the weights through the batch mean
+    and variance too: the gradient of a heatmap loss with respect to every weight (not bias) must
+    be its true gradient, or gradient descent on the heatmap loss can raise it."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 3),
+    ).double().train(train)
+    with torch.no_grad():
+        for m in net:
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+                m.running_mean.uniform_(-0.2, 0.2)
+    net.apply(lambda m: setattr(m, "momentum", 0.0) if isinstance(m, nn.BatchNorm2d) else None)  # frozen buffers
+    graph = LRPGraph(net, epsilon=0.01, zb=True, rule=rule)
+    x = torch.rand(4, 2, 8, 8, dtype=torch.float64)
+    mask = (torch.rand(4, 1, 1, 8, 8) > 0.5).double()
+
+    def loss_fn():
+        return heatmap_loss(graph(x)[1], mask)
+
+    weights = [m.weight for m in net if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d))]
+    grads = torch.autograd.grad(loss_fn(), weights)
+    generator = torch.Generator().manual_seed(1)
+    for weight, grad in zip(weights, grads):
+        for flat in torch.randperm(weight.numel(), generator=generator)[:6].tolist():
+            index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), weight.shape))
+            expected = finite_difference(net, loss_fn, weight, index)
+            assert grad[index].item() == pytest.approx(expected, rel=1e-5, abs=1e-9)

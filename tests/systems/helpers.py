@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+
+from isnet.data import MaskedImageDataModule
+from isnet.data.builtin import generate_digits_on_textures
 
 
 def tiny_batch(n: int = 8, size: int = 16, classes: int = 3, multilabel: bool = False, seed: int = 0) -> dict:
@@ -22,6 +27,15 @@ def tiny_batch(n: int = 8, size: int = 16, classes: int = 3, multilabel: bool = 
         for k in ks:
             images[i, k % 3, lo + 1:lo + 3, lo + 1 + 2 * k:lo + 3 + 2 * k] = 1.0
     return {"image": images, "mask": masks, "label": labels}
+
+
+def biased_digits(folder: Path) -> MaskedImageDataModule:
+    """Digits on textures with the synthetic shape bias in ``folder``: 32 x 32 images, 24 / 8 / 8
+    per class (train / val / test), batches of 12, set up."""
+    root = generate_digits_on_textures(folder, per_class=(24, 8, 8), size=32)
+    data = MaskedImageDataModule(root, size=32, bias=True, augment=False, batch_size=12, cache=True)
+    data.setup()
+    return data
 
 
 def loss_drops(module, batch: dict, steps: int = 15, lr: float = 0.01) -> tuple[float, float]:

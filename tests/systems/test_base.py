@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from isnet.systems.base import RelevanceDiedError, check_optimisation, lr_factor, require_relevance, warmup_steps
-from isnet.training import ISNetModule
+from isnet.systems.isnet import ISNetModule
 
 from .helpers import tiny_batch
 
@@ -83,3 +83,17 @@ def test_all_zero_heatmaps_mean_dead_relevance():
     maps[1, 2, 0, 3, 3] = -1e-30
     require_relevance(maps)  # one non-zero value anywhere: alive
     require_relevance(torch.full((1, 1, 1, 2, 2), float("nan")))  # NaN is the finite check's business
+
+
+def test_the_lrp_settings_are_the_systems_hyper_parameters():
+    """Reports explain with the LRP settings a system was built with; the paper's where it has none."""
+    from isnet.lrp import LRPSettings
+    from isnet.systems.pipeline import SegmenterModule
+    from isnet.systems.registry import build_system
+    from isnet.systems.unet import UNet
+
+    rrr = build_system("rrr", 3, backbone="small_cnn", arch_kwargs={"width": 4}, epsilon=0.1, zb=False)
+    assert rrr.lrp_settings() == LRPSettings(epsilon=0.1, zb=False)
+    isnet = ISNetModule("small_cnn", 3, arch_kwargs={"width": 4}, low=[0.0, -1.0, 0.0], high=[1.0, 1.0, 2.0])
+    assert isnet.lrp_settings() == isnet.net.lrp_settings == LRPSettings(low=(0.0, -1.0, 0.0), high=(1.0, 1.0, 2.0))
+    assert SegmenterModule(UNet(3, 1, 4, 2)).lrp_settings() == LRPSettings()

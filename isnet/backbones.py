@@ -23,7 +23,7 @@ TORCHVISION = (
 class SmallCNN(nn.Module):
     """A small VGG-style CNN for quick experiments on the CPU.
 
-    Three blocks of convolution, batch norm, ReLU and 2x2 max pooling, then global
+    Blocks (three by default) of convolution, batch norm, ReLU and 2x2 max pooling, then global
     average pooling and a linear classifier.
 
     Args:
@@ -31,13 +31,18 @@ class SmallCNN(nn.Module):
         in_channels: image channels C.
         width: channels of the first block (doubled in each following block).
         batch_norm: batch norm after each convolution.
+        blocks: number of blocks, each halving the spatial size; a feature of the last
+            block sees ``3 * 2**blocks - 2`` pixels per side (22 for 3 blocks, 46 for 4).
     """
 
-    def __init__(self, num_classes: int, in_channels: int = 3, width: int = 16, batch_norm: bool = True) -> None:
+    def __init__(self, num_classes: int, in_channels: int = 3, width: int = 16, batch_norm: bool = True,
+                 blocks: int = 3) -> None:
         super().__init__()
+        if not (isinstance(blocks, int) and blocks >= 1):
+            raise ValueError(f"small_cnn needs blocks >= 1, got {blocks!r}")
         layers: list[nn.Module] = []
         channels = in_channels
-        for i in range(3):
+        for i in range(blocks):
             out = width * 2**i
             layers.append(nn.Conv2d(channels, out, 3, padding=1))
             layers += [nn.BatchNorm2d(out)] if batch_norm else []

@@ -115,9 +115,12 @@ class Profile:
     C1: float | None = None  # ISNet's foreground-relevance range; None: estimated (Appendix F.3)
     C2: float | None = None
     # The Faster ISNet variants (isnet_selective, isnet_stochastic, isnet_dual) take the ISNet's
-    # settings but set their foreground ranges automatically over their first epoch (their maps
-    # have other scales than the standard classifier's per-class maps); the Selective ISNet
-    # explains the quantity of this class (README "The Faster ISNet family").
+    # settings; their foreground ranges come from their own maps on their starting weights (the
+    # standard classifier's when warm-started), over this many training batches, before training
+    # (their maps have other scales than the standard classifier's per-class maps, and without the
+    # foreground loss from the first step the selective ISNet silenced its maps by saturating the
+    # softmax); the Selective ISNet explains the quantity of this class (README "The Faster ISNet family").
+    range_batches: int = 16
     selective_class: str = defaults.SELECTIVE_CLASS
     # the comparison systems (Appendix B.1), sized for the CPU
     system_epochs: int = 20
@@ -360,6 +363,8 @@ def _run_one(bench: _Benchmark, folder: Path, out: Path, names: list[str], prof:
         module = build_system(method, len(classes), **settings)
         if name in prof.warm_start:
             module.deployed.load_state_dict(modules["standard"].deployed.state_dict())
+        if name in ISNETS and name != "isnet":  # a variant: its own maps' ranges, from its starting weights
+            module.estimate_natural_ranges(bench.train.train_dataloader(), batches=prof.range_batches)
         if progress:
             print(f"[isnet benchmark] {bench.name}: training {name} ({epochs} epochs)", flush=True)
         t = time.perf_counter()
@@ -407,8 +412,9 @@ def _run_one(bench: _Benchmark, folder: Path, out: Path, names: list[str], prof:
             *c["lrp"]))
     variants = [n for n in modules if n in ISNETS and n != "isnet"]
     if variants:
-        intro.append(f"Faster ISNet variants ({', '.join(variants)}): the ISNet's settings, foreground ranges set "
-                     "automatically over the first epoch" + (f"; the selective heatmaps explain the "
+        intro.append(f"Faster ISNet variants ({', '.join(variants)}): the ISNet's settings, foreground ranges of "
+                     f"their own maps on their starting weights ({prof.range_batches} training batches)"
+                     + (f"; the selective heatmaps explain the "
                      f"{prof.selective_class} logit's softmax quantity" if "isnet_selective" in variants else "")
                      + ".")
     if "pipeline" in modules:

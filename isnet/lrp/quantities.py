@@ -36,15 +36,17 @@ def eta(logits: Tensor, classes: Tensor, eps: float = SELECTIVE_EPS) -> Tensor:
     Returns:
         ``(B,)`` or ``(B, K')``, in at least float32.
     """
-    p = _softmax(logits)
-    index = classes if classes.dim() == 2 else classes.unsqueeze(1)
-    pc = p.gather(1, index)
-    value = torch.log(pc + eps) - torch.log(1 - pc + eps)
+    pc, rest, _, _ = _class_probabilities(logits, classes)
+    value = torch.log(pc + eps) - torch.log(rest + eps)
     return value if classes.dim() == 2 else value.squeeze(1)
 
 
 def selective_weights(logits: Tensor, classes: Tensor, eps: float = SELECTIVE_EPS) -> Tensor:
     """``d eta_c / dz`` as weights over the logits, one map per chosen class.
+
+    ``1 - p_c`` is computed as the sum of the other classes' probabilities, which keeps the
+    weights from rounding to zero while ``p_c`` rounds to 1 (a logit gap above about 17 in
+    float32); they still shrink like the other classes' probabilities as the softmax saturates.
 
     Args:
         logits: ``(B, K)``.
@@ -57,12 +59,21 @@ def selective_weights(logits: Tensor, classes: Tensor, eps: float = SELECTIVE_EP
     """
     if eps <= 0:
         raise ValueError(f"the selective quantity's eps must be positive, got {eps}")
+    pc, rest, p, onehot = _class_probabilities(logits, classes)  # (B, K'), (B, K'), (B, K), (B, K', K)
+    scale = (1 / (pc + eps) + 1 / (rest + eps)) * pc  # d eta / d p_c * p_c
+    delta = torch.where(onehot, rest.unsqueeze(-1), -p.unsqueeze(1))  # delta_ck - p_k, with 1 - p_c = rest
+    return scale.unsqueeze(-1) * delta
+
+
+def _class_probabilities(logits: Tensor, classes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(p_c, 1 - p_c, p, onehot)``: ``(B, K')``, ``(B, K')`` as the sum of the other classes'
+    probabilities, ``(B, K)`` and the boolean ``(B, K', K)`` one-hot of the classes."""
     index = classes if classes.dim() == 2 else classes.unsqueeze(1)  # (B, K')
-    p = _softmax(logits)  # (B, K)
-    pc = p.gather(1, index)  # (B, K')
-    scale = (1 / (pc + eps) + 1 / (1 - pc + eps)) * pc  # d eta / d p_c * p_c
-    onehot = torch.nn.functional.one_hot(index, p.shape[1]).to(p.dtype)  # (B, K', K)
-    return scale.unsqueeze(-1) * (onehot - p.unsqueeze(1))
+    p = _softmax(logits)
+    onehot = torch.nn.functional.one_hot(index, p.shape[1]).bool()
+    pc = p.gather(1, index)
+    rest = p.unsqueeze(1).masked_fill(onehot, 0.0).sum(-1)
+    return pc, rest, p, onehot
 
 
 def selected_class(logits: Tensor, which: str = "highest") -> Tensor:

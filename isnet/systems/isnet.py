@@ -245,7 +245,6 @@ class ISNetModule(SystemModule):
             maps: one ``(B, K', C, H, W)`` tensor per set of heatmaps (:attr:`map_names`).
             masks: their masks, ``(B, 1, H, W)`` at each set's size.
         """
-        hp = self.hparams
         current = torch.stack([foreground_moments(h, m) for h, m in zip(maps, masks)])  # (sets, 3)
         if self._trainer is not None:
             # observe one epoch: the warm-up's last, or the first when there is no warm-up
@@ -259,6 +258,12 @@ class ISNetModule(SystemModule):
         stats = torch.stack(self._relevance_stats).sum(0) if self._relevance_stats else current
         if self._trainer is not None and self.trainer.world_size > 1:
             stats = self.trainer.strategy.reduce(stats, reduce_op="sum")  # every process gets the same range
+        self._set_ranges_from(stats)
+
+    def _set_ranges_from(self, stats: Tensor) -> None:
+        """Set every map set's range from its moments ``(sets, 3)`` (:func:`isnet.loss.natural_range`'s
+        rule); given ``C1``, ``C2`` win for the first set."""
+        hp = self.hparams
         ranges = {}
         for name, (n, total_g, total_sq) in zip(self.map_names, stats.tolist()):
             mean = total_g / n
@@ -267,6 +272,39 @@ class ISNetModule(SystemModule):
         first = ranges[self.map_names[0]]
         ranges[self.map_names[0]] = (hp.C1 if hp.C1 is not None else first[0], hp.C2 if hp.C2 is not None else first[1])
         self.set_natural_ranges(ranges)
+
+    @torch.no_grad()
+    def estimate_natural_ranges(self, loader: Any, batches: int | None = None) -> dict[str, tuple[float, float]]:
+        """Set every map set's range ``[C1, C2]`` from the current model's heatmaps (in eval mode) over the
+        first ``batches`` batches of ``loader`` (all: ``None``), before training: the Faster ISNet variants'
+        counterpart of :func:`estimate_c1_c2` (Appendix F.3), e.g. on a trained standard classifier's
+        weights, so that the foreground loss counts from the first step.  Random variants draw as in
+        validation; the training draws are untouched.
+
+        Returns:
+            :attr:`natural_ranges`.
+        """
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        total = None
+        try:
+            for i, batch in enumerate(loader):
+                if batches is not None and i >= batches:
+                    break
+                self._validation_batch = i
+                images = self._layout(batch["image"].to(device))
+                _, maps, levels = self._heatmaps(images)
+                masks = batch["mask"].to(device)
+                masks_of = [masks if level == INPUT else pool_masks(masks, m.shape[-2:]) for m, level in zip(maps, levels)]
+                current = torch.stack([foreground_moments(h, m) for h, m in zip(maps, masks_of)])
+                total = current if total is None else total + current
+        finally:
+            self.train(was_training)
+        if total is None:
+            raise ValueError("no batches to estimate the natural ranges from")
+        self._set_ranges_from(total)
+        return self.natural_ranges
 
     def losses(self, batch: dict) -> tuple[dict[str, Tensor], Tensor]:
         images, masks, labels = self._layout(batch["image"]), batch["mask"], batch["label"]

@@ -264,3 +264,26 @@ def test_training_steps_move_each_variants_relevance_out_of_the_background(varia
         assert end < start, f"seed {seed}: share {start:.3f} -> {end:.3f}"
         ratios.append(end / start)
     assert sum(ratios) / len(ratios) < 0.9, ratios  # (z+ maps, all positive, move slowest: 0.87 for dual)
+
+
+def test_ranges_estimated_before_training_come_from_every_map_set_and_leave_the_draws_alone():
+    from isnet.loss import foreground_moments, natural_range_from_moments
+
+    torch.manual_seed(0)
+    module = build("isnet_dual", deep_supervision=True).train()
+    batches = [tiny_batch(n=4, size=32, seed=s) for s in range(3)]
+    state = module._logit_generator.get_state()
+    ranges = module.estimate_natural_ranges(batches, batches=2)
+    assert module.training and module.range_known and list(ranges) == module.map_names
+    assert torch.equal(module._logit_generator.get_state(), state)
+    module.eval()
+    stats = 0
+    for i, batch in enumerate(batches[:2]):  # what it measured: the validation draws of batches 0 and 1
+        module._validation_batch = i
+        _, maps, levels = module._heatmaps(batch["image"])
+        stats = stats + torch.stack([foreground_moments(m, batch["mask"] if level == "input" else pool_masks(
+            batch["mask"], m.shape[-2:])) for m, level in zip(maps, levels)])
+    n, total, squares = stats[1].tolist()
+    mean = total / n
+    expected = natural_range_from_moments(mean, ((squares - n * mean**2) / (n - 1)) ** 0.5, n)
+    assert ranges[module.map_names[1]] == pytest.approx(expected)

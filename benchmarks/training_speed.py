@@ -4,6 +4,11 @@ One step = forward (with the B x K heatmaps for the ISNet), loss, backward and S
 update, as :class:`isnet.systems.isnet.ISNetModule` does it.  Prints the median step
 time of both and their ratio for each K.
 
+``--variant selective|stochastic|dual`` times a Faster ISNet variant (one heatmap per image,
+or one per rule for ``dual``) instead, together with the full ISNet, and prints both ratios
+to the standard step and the variant's to the full ISNet's (``--deep-supervision`` adds LRP
+deep supervision to the variant).
+
 Each model is timed in its own fresh process, as training runs it: in one shared
 process the ISNet's large temporary tensors change the allocator's and the caches'
 state and slow the standard step down by up to a third, which would flatter the
@@ -23,6 +28,7 @@ statistics, autograd bookkeeping) were free; the convolution FLOPs alone are
 again in the backward pass).  Usage::
 
     python benchmarks/training_speed.py [--arch densenet121] [--size 64] [--batch 4] [--classes 3 10]
+        [--variant selective|stochastic|dual [--deep-supervision]]
         [--memory-format channels_last|contiguous] [--device cpu|cuda] [--breakdown] [--default-allocator]
 """
 
@@ -37,6 +43,8 @@ import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+
+from isnet.systems.variants import VARIANTS
 
 
 def make_step(module, batch: dict):
@@ -83,7 +91,10 @@ def worker(args: argparse.Namespace) -> None:
         "label": torch.randint(0, k, (args.batch,)),
     }
     batch = {key: value.to(args.device) for key, value in batch.items()}
-    module = ISNetModule(args.arch, k, P=0.7 if args.worker == "isnet" else 0.0,
+    variant = {"standard": {"P": 0.0}, "isnet": {}}.get(args.worker, {"variant": args.worker})
+    if args.worker not in ("standard", "isnet") and args.deep_supervision:
+        variant["deep_supervision"] = True
+    module = ISNetModule(args.arch, k, **{"P": 0.7, **variant},
                          channels_last=args.memory_format == "channels_last").to(args.device)
     module.log_dict = module.log = lambda *a, **kw: None  # no trainer attached
     step = make_step(module, batch)
@@ -104,7 +115,7 @@ def run_worker(args: argparse.Namespace, model: str, k: int) -> dict:
     command = [sys.executable, __file__, "--worker", model, "--worker-classes", str(k)]
     for name in ("arch", "size", "batch", "repeats", "threads", "memory_format", "device"):
         command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
-    for flag in ("breakdown", "default_allocator"):
+    for flag in ("breakdown", "default_allocator", "deep_supervision"):
         if getattr(args, flag):
             command.append(f"--{flag.replace('_', '-')}")
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
@@ -116,7 +127,7 @@ def main() -> None:
     parser.add_argument("--arch", default="densenet121")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--classes", type=int, nargs="+", default=[3, 10])
+    parser.add_argument("--classes", type=int, nargs="+", help="K values (default: 3 10; 3 10 14 with --variant)")
     parser.add_argument("--repeats", type=int, default=10, help="timed steps per process")
     parser.add_argument("--rounds", type=int, default=2, help="alternating processes per model")
     parser.add_argument("--threads", type=int, default=2)
@@ -125,28 +136,40 @@ def main() -> None:
     parser.add_argument("--breakdown", action="store_true", help="also profile the time spent in convolutions")
     parser.add_argument("--default-allocator", action="store_true",
                         help="leave glibc's malloc settings as they are (see isnet.allocator)")
-    parser.add_argument("--worker", choices=["standard", "isnet"], help=argparse.SUPPRESS)
+    parser.add_argument("--variant", choices=[v for v in VARIANTS if v != "full"],
+                        help="also time this Faster ISNet variant (isnet.systems.variants)")
+    parser.add_argument("--deep-supervision", action="store_true", help="the variant with LRP deep supervision")
+    parser.add_argument("--worker", choices=["standard", "isnet", *VARIANTS[1:]], help=argparse.SUPPRESS)
     parser.add_argument("--worker-classes", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.classes is None:
+        args.classes = [3, 10, 14] if args.variant else [3, 10]
     if args.worker:
         worker(args)
         return
     print(f"device={args.device} arch={args.arch} size={args.size} batch={args.batch} threads={args.threads} "
           f"steps={args.repeats}x{args.rounds} processes memory_format={args.memory_format} "
           f"allocator={'default' if args.default_allocator else 'keep_freed_memory'} torch={torch.__version__}")
+    models = ["standard", "isnet"] + ([args.variant] if args.variant else [])
     header = f"{'K':>4}{'standard s':>12}{'isnet s':>10}{'ratio':>8}{'target 1+K':>12}"
+    if args.variant:
+        header += f"{args.variant + ' s':>14}{'ratio':>8}{'/ isnet':>9}"
     if args.breakdown:
         header += f"{'std conv s':>12}{'isnet conv s':>14}{'conv-only ratio':>17}"
     print(header, flush=True)
     for k in args.classes:
-        runs: dict[str, list[dict]] = {"standard": [], "isnet": []}
+        runs: dict[str, list[dict]] = {model: [] for model in models}
         for _ in range(args.rounds):
             for model in runs:
                 runs[model].append(run_worker(args, model, k))
-        t_std, t_isn = (statistics.median(t for r in runs[m] for t in r["times"]) for m in runs)
+        median = {m: statistics.median(t for r in runs[m] for t in r["times"]) for m in runs}
+        t_std, t_isn = median["standard"], median["isnet"]
         line = f"{k:>4}{t_std:>12.3f}{t_isn:>10.3f}{t_isn / t_std:>8.2f}{1 + k:>12}"
+        if args.variant:
+            t_var = median[args.variant]
+            line += f"{t_var:>14.3f}{t_var / t_std:>8.2f}{t_var / t_isn:>9.2f}"
         if args.breakdown:
-            c_std, c_isn = (statistics.median(r["conv"] for r in runs[m]) for m in runs)
+            c_std, c_isn = (statistics.median(r["conv"] for r in runs[m]) for m in ("standard", "isnet"))
             line += f"{c_std:>12.3f}{c_isn:>14.3f}{c_isn / t_std:>17.2f}"
         print(line, flush=True)
 

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 
 import lightning as L
 
+from . import defaults
 from .data import MaskedImageDataModule
 from .data.bias import VARIANTS, check_bias_kind
 from .data.builtin import SCENE_OWN_SHARE, generate_digits_on_textures
@@ -38,7 +39,7 @@ from .render import model_heatmap_grid, training_curves
 from .report import Report, evaluation_report
 from .systems.base import SystemModule
 from .systems.isnet import estimate_c1_c2
-from .systems.registry import METHODS, build_system
+from .systems.registry import ISNETS, METHODS, build_system
 from .training import train
 
 
@@ -51,7 +52,7 @@ def _benchmark_models() -> tuple[str, ...]:
 
 
 DEFAULT_MODELS = ("standard", "isnet", "reference")
-WARM_STARTABLE = ("isnet", "isnet_gi", "rrr", "gain")  # systems whose deployed network is the plain backbone
+WARM_STARTABLE = (*ISNETS, "isnet_gi", "rrr", "gain")  # systems whose deployed network is the plain backbone
 ALL_MODELS = _benchmark_models()
 """The models ``models="all"`` trains: every system of :data:`isnet.systems.registry.METHODS` and the reference."""
 DATASETS = ("digits", "radiographs")
@@ -86,7 +87,8 @@ class Profile:
     # the others the heatmap loss drove the logits to confident wrong values before the
     # classification loss could shape the network.  Started from the standard classifier, which
     # has learned the shortcut, the ISNet has to unlearn it.  () for the paper's random start.
-    warm_start: tuple[str, ...] = ("isnet",)
+    # The ISNet and its Faster ISNet variants.
+    warm_start: tuple[str, ...] = ISNETS
     P: float = 0.85  # ISNet (and ISNet Grad*Input) on digits
     d: float = 0.95
     radiograph_P: float = 0.7  # on radiographs: the paper's COVID-19 / tuberculosis setting
@@ -112,6 +114,14 @@ class Profile:
     heatmap_warmup_epochs: float = 0.0
     C1: float | None = None  # ISNet's foreground-relevance range; None: estimated (Appendix F.3)
     C2: float | None = None
+    # The Faster ISNet variants (isnet_selective, isnet_stochastic, isnet_dual) take the ISNet's
+    # settings; their foreground ranges come from their own maps on their starting weights (the
+    # standard classifier's when warm-started), over this many training batches, before training
+    # (their maps have other scales than the standard classifier's per-class maps, and without the
+    # foreground loss from the first step the selective ISNet silenced its maps by saturating the
+    # softmax); the Selective ISNet explains the quantity of this class (README "The Faster ISNet family").
+    range_batches: int = 16
+    selective_class: str = defaults.SELECTIVE_CLASS
     # the comparison systems (Appendix B.1), sized for the CPU
     system_epochs: int = 20
     gradient_epochs: int = 30  # systems trained by double backpropagation (GAIN, RRR, ISNet Grad*Input)
@@ -170,6 +180,11 @@ def _settings(method: str, prof: Profile, classes: list[str], c: dict[str, tuple
     if method == "isnet":
         return "isnet", dict(backbone, P=P, d=d, C1=c["lrp"][0], C2=c["lrp"][1],
                              heatmap_warmup_epochs=prof.heatmap_warmup_epochs), prof.isnet_epochs
+    if method in ISNETS:  # a Faster ISNet variant
+        settings = dict(backbone, P=P, d=d, C1=None, C2=None, heatmap_warmup_epochs=prof.heatmap_warmup_epochs)
+        if method == "isnet_selective":
+            settings["selective_class"] = prof.selective_class
+        return method, settings, prof.isnet_epochs
     if method == "isnet_gi":
         return "isnet_gi", dict(backbone, P=P, d=d, C1=c["grad_input"][0], C2=c["grad_input"][1]), \
             prof.gradient_epochs
@@ -348,6 +363,8 @@ def _run_one(bench: _Benchmark, folder: Path, out: Path, names: list[str], prof:
         module = build_system(method, len(classes), **settings)
         if name in prof.warm_start:
             module.deployed.load_state_dict(modules["standard"].deployed.state_dict())
+        if name in ISNETS and name != "isnet":  # a variant: its own maps' ranges, from its starting weights
+            module.estimate_natural_ranges(bench.train.train_dataloader(), batches=prof.range_batches)
         if progress:
             print(f"[isnet benchmark] {bench.name}: training {name} ({epochs} epochs)", flush=True)
         t = time.perf_counter()
@@ -393,6 +410,13 @@ def _run_one(bench: _Benchmark, folder: Path, out: Path, names: list[str], prof:
     if "lrp" in c:
         intro.append("C1 = {:.4g}, C2 = {:.4g} (Appendix F.3, from the standard classifier's LRP heatmaps).".format(
             *c["lrp"]))
+    variants = [n for n in modules if n in ISNETS and n != "isnet"]
+    if variants:
+        intro.append(f"Faster ISNet variants ({', '.join(variants)}): the ISNet's settings, foreground ranges of "
+                     f"their own maps on their starting weights ({prof.range_batches} training batches)"
+                     + (f"; the selective heatmaps explain the "
+                     f"{prof.selective_class} logit's softmax quantity" if "isnet_selective" in variants else "")
+                     + ".")
     if "pipeline" in modules:
         intro.append(f"Pipeline: U-Net binarised at {float(modules['pipeline'].threshold):.2f} (best validation IoU "
                      f"{float(modules['pipeline'].segmenter_iou):.3f}); `pipeline (no segmenter)` is its classifier "

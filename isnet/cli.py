@@ -15,7 +15,9 @@ from .allocator import keep_freed_memory
 from .jsonio import dumps, write_json
 from .export import ExportError
 from .lrp import LRPSettings
+from .lrp.quantities import SELECTIVE_CLASSES
 from .systems.registry import METHODS, TUNABLE
+from .systems.variants import VARIANTS
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -119,6 +121,8 @@ def _benchmark(args: argparse.Namespace) -> int:
     if args.warm_start is not None:
         names = [] if args.warm_start.strip() == "none" else args.warm_start.split(",")
         overrides["warm_start"] = tuple(n.strip() for n in names if n.strip())
+    if args.selective_class is not None:
+        overrides["selective_class"] = args.selective_class
     datasets = args.datasets or ("all" if args.models == "all" else "digits")
     report = run_benchmark(args.out, profile=args.profile, seed=args.seed, progress=not args.quiet,
                            models=args.models, datasets=datasets, background_swap=not args.no_background_swap,
@@ -368,7 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit", help="train an ISNet (or, with model.P=0, a standard classifier) from a YAML config")
     p.add_argument("--config", help="YAML file with model / data / trainer sections (see configs/)")
     p.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="override config values")
-    p.add_argument("--method", help=f"system to train (overrides model.method): {', '.join(METHODS)}")
+    p.add_argument("--method", help=f"system to train (overrides model.method): {', '.join(METHODS)}; "
+                   f"an ISNet's variant is also model.variant: {', '.join(VARIANTS)} (isnet_<variant> fixes it), "
+                   "with model.deep_supervision=true for LRP deep supervision")
     p.add_argument("--estimate-c-from", metavar="CHECKPOINT",
                    help="set C1, C2 from the heatmaps of this standard classifier on the val split (Appendix F.3)")
     p.add_argument("--resume", action="store_true",
@@ -450,7 +456,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--isnet-epochs", type=int)
     p.add_argument("--standard-epochs", type=int, help="epochs of the standard classifier on every benchmark")
     p.add_argument("--warm-start", help="comma-separated systems that start from the trained standard classifier's "
-                                        "weights (default: isnet), or 'none' for the paper's random start")
+                                        "weights (default: isnet and its variants), or 'none' for the paper's "
+                                        "random start")
+    p.add_argument("--selective-class", choices=SELECTIVE_CLASSES,
+                   help="the logit whose softmax quantity isnet_selective explains (default: highest)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--models", default="standard,isnet,reference",
                    help=f"comma-separated systems ({', '.join(METHODS)}, and reference: a standard classifier "

@@ -6,6 +6,7 @@ Example::
     out: runs/covid
     model:            # the system's arguments (num_classes comes from the data)
       method: isnet   # any name of isnet.systems.registry.METHODS (`isnet fit --help` lists them)
+      variant: full   # the ISNet's: full, selective, stochastic or dual (isnet.systems.variants.VARIANTS)
       backbone: densenet121
       P: 0.7
       d: 0.9
@@ -118,6 +119,14 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> dict[
                       ("init_from", str)):
         if key in config["model"] and not isinstance(config["model"][key], kind):
             raise ConfigError(f"model.{key} has the wrong type: {config['model'][key]!r}")
+    if "variant" in config["model"]:
+        from .systems.variants import VARIANTS
+
+        if config["model"]["variant"] not in VARIANTS:
+            raise ConfigError(f"model.variant {config['model']['variant']!r} is not an ISNet variant; choose one of "
+                              f"{', '.join(VARIANTS)}")
+    if "deep_supervision" in config["model"] and not isinstance(config["model"]["deep_supervision"], bool):
+        raise ConfigError(f"model.deep_supervision must be true or false, got {config['model']['deep_supervision']!r}")
     config["model"].setdefault("method", "isnet")
     config.setdefault("seed_everything", 0)
     config.setdefault("out", "runs/isnet")

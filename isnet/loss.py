@@ -15,6 +15,7 @@ would be meaningless for it.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -118,6 +119,23 @@ def foreground_relevance(heatmaps: Tensor, masks: Tensor) -> Tensor:
     return (heatmaps.abs() * masks).sum((2, 3, 4))
 
 
+def foreground_moments(heatmaps: Tensor, masks: Tensor) -> Tensor:
+    """Count, sum and sum of squares of the foreground relevances ``g(H_bk)`` (Eq. 19) of a
+    batch, in float64 and detached: what :func:`natural_range_from_moments` needs, summed over
+    batches.
+
+    Args:
+        heatmaps: ``(B, K, C, H, W)``.
+        masks: ``(B, [1,] H', W')`` in [0, 1] (see :func:`prepare_masks`).
+
+    Returns:
+        ``(3,)``: ``[n, sum g, sum g^2]``.
+    """
+    h = heatmaps.detach().double()
+    g = foreground_relevance(h, prepare_masks(masks, h))
+    return torch.stack([g.new_tensor(g.numel()), g.sum(), (g**2).sum()])
+
+
 def natural_range(relevance: Tensor, *, spread: float = defaults.AUTO_C_SPREAD,
                   c1_fraction: float = defaults.AUTO_C1_FRACTION,
                   c2_ratio: float = defaults.AUTO_C2_RATIO) -> tuple[float, float]:
@@ -209,9 +227,12 @@ class ISNetLoss:
         E, w1, w2, C1, C2: see Section 4.3; defaults from the paper.
         multilabel: binary cross-entropy instead of cross-entropy for ``L_C``.
 
-    Call as ``loss(logits (B, K), labels, heatmaps (B, K, C, H, W), masks (B, [1,] H, W))``;
+    Call as ``loss(logits (B, K), labels, heatmaps (B, K', C, H, W), masks (B, [1,] H, W))``
+    (``K' = K`` for the original ISNet, 1 for the Faster ISNet's one map per image);
     ``P=`` overrides the balance for this call (a heatmap-loss warm-up), ``foreground=False``
-    leaves ``L2`` out (reported as 0; while ``C1``, ``C2`` are not yet known).
+    leaves ``L2`` out (reported as 0; while ``C1``, ``C2`` are not yet known).  Several sets of
+    heatmaps (a list: the Dual ISNet's rules, deep supervision's layers) count alike: ``L1`` and
+    ``L2`` are their means, with masks per set (or one for all) and ``ranges=[(C1, C2), ...]``.
     Computed in float32 (or float64 for float64 inputs) whatever precision the model ran in.
     """
 
@@ -238,8 +259,9 @@ class ISNetLoss:
         self.P, self.d, self.E, self.w1, self.w2, self.C1, self.C2 = P, d, E, w1, w2, C1, C2
         self.multilabel = multilabel
 
-    def __call__(self, logits: Tensor, labels: Tensor, heatmaps: Tensor | None, masks: Tensor | None, *,
-                 P: float | None = None, foreground: bool = True) -> ISNetLossOutput:
+    def __call__(self, logits: Tensor, labels: Tensor, heatmaps: Tensor | Sequence[Tensor] | None,
+                 masks: Tensor | Sequence[Tensor] | None, *, P: float | None = None, foreground: bool = True,
+                 ranges: Sequence[tuple[float, float]] | None = None) -> ISNetLossOutput:
         P = self.P if P is None else P
         if not 0.0 <= P <= 1.0:
             raise ValueError(f"P must lie in [0, 1], got {P}")
@@ -251,17 +273,40 @@ class ISNetLoss:
                 return ISNetLossOutput(lc, lc, zero, zero, zero)
             if heatmaps is None or masks is None:
                 raise ValueError("the heatmap loss (P > 0) needs heatmaps and masks")
-            if heatmaps.dim() != 5 or heatmaps.shape[:2] != logits.shape:
-                raise ValueError(
-                    f"heatmaps must have shape (B, K, C, H, W) with (B, K) = {tuple(logits.shape)}, got {tuple(heatmaps.shape)}"
-                )
-            heatmaps = _at_least_float32(heatmaps)
-            m = prepare_masks(masks, heatmaps)
-            l1 = background_loss(heatmaps, m, self.d, self.E)
-            l2 = foreground_loss(heatmaps, m, self.C1, self.C2) if foreground else l1.new_zeros(())
+            if isinstance(heatmaps, Tensor):
+                l1, l2 = self._one_set(logits, heatmaps, masks, (self.C1, self.C2), foreground)
+            else:
+                l1, l2 = self._several_sets(logits, heatmaps, masks, ranges, foreground)
             heat = self.w1 * l1 + self.w2 * l2
             total = (1 - P) * lc + P * heat
         return ISNetLossOutput(total, lc, heat, l1, l2)
+
+    def _one_set(self, logits: Tensor, heatmaps: Tensor, masks: Tensor, bounds: tuple[float, float],
+                 foreground: bool) -> tuple[Tensor, Tensor]:
+        """``(L1, L2)`` of heatmaps ``(B, K', C, H, W)``: the ``K'`` maps of each image."""
+        if heatmaps.dim() != 5 or heatmaps.shape[0] != logits.shape[0]:
+            raise ValueError(
+                f"heatmaps must have shape (B, K', C, H, W) with B = {logits.shape[0]}, got {tuple(heatmaps.shape)}"
+            )
+        heatmaps = _at_least_float32(heatmaps)
+        m = prepare_masks(masks, heatmaps)
+        l1 = background_loss(heatmaps, m, self.d, self.E)
+        l2 = foreground_loss(heatmaps, m, *bounds) if foreground else l1.new_zeros(())
+        return l1, l2
+
+    def _several_sets(self, logits: Tensor, heatmaps: Sequence[Tensor], masks: Tensor | Sequence[Tensor],
+                      ranges: Sequence[tuple[float, float]] | None, foreground: bool) -> tuple[Tensor, Tensor]:
+        """The mean ``L1`` and ``L2`` over several sets of heatmaps (rules, layers), each with its masks
+        (one tensor for all, or one per set) and its range ``[C1, C2]`` (default: this loss's)."""
+        if not heatmaps:
+            raise ValueError("no heatmaps for the heatmap loss")
+        per_set = masks if not isinstance(masks, Tensor) else [masks] * len(heatmaps)
+        bounds = ranges if ranges is not None else [(self.C1, self.C2)] * len(heatmaps)
+        if len(per_set) != len(heatmaps) or len(bounds) != len(heatmaps):
+            raise ValueError(f"{len(heatmaps)} sets of heatmaps need as many masks and ranges, got "
+                             f"{len(per_set)} and {len(bounds)}")
+        parts = [self._one_set(logits, h, m, b, foreground) for h, m, b in zip(heatmaps, per_set, bounds)]
+        return torch.stack([p[0] for p in parts]).mean(), torch.stack([p[1] for p in parts]).mean()
 
 
 def _at_least_float32(x: Tensor) -> Tensor:

@@ -8,6 +8,8 @@ from torch import Tensor, nn
 
 from .lrp import LRPGraph
 from .lrp.composites import RuleSpec
+from .lrp.graph import Explanation
+from .lrp.outputs import ClassesSpec, WeightsSpec
 from .lrp.settings import Bound, LRPSettings, settings_from
 
 
@@ -53,16 +55,30 @@ class ISNet(nn.Module):
         return LRPGraph(self.backbone, rule=self._rule, settings=self.lrp_settings)
 
     def forward(
-        self, x: Tensor, heatmaps: bool = False, classes: Sequence[int] | Tensor | None = None
+        self, x: Tensor, heatmaps: bool = False, classes: ClassesSpec = None, *, logit_weights: WeightsSpec = None
     ) -> Tensor | tuple[Tensor, Tensor | tuple[Tensor, ...]]:
         """Logits ``(B, K)``; with ``heatmaps=True``, ``(logits, heatmaps)`` where heatmaps
         has shape ``(B, K', C, H, W)`` for the ``K'`` explained ``classes`` (default all; a
-        ``(B, K')`` integer tensor gives a class list per image)."""
+        ``(B, K')`` integer tensor gives a class list per image) or ``logit_weights``
+        (``(K', K)`` or ``(B, K', K)`` weights over the logits, see :func:`isnet.explain`);
+        either may be a function of the logits."""
         if not heatmaps:
             return self.backbone(x)
+        return self.graph()(x, classes, logit_weights=logit_weights)
+
+    def explain(
+        self, x: Tensor, classes: ClassesSpec = None, *, logit_weights: WeightsSpec = None,
+        layers: Sequence[str] = (),
+    ) -> Explanation:
+        """Logits, the heatmaps of every rule set and the relevance at intermediate ``layers``
+        of the backbone, from one forward pass (see :meth:`isnet.lrp.LRPGraph.run`)."""
+        return self.graph().run(x, classes, logit_weights=logit_weights, layers=layers)
+
+    def graph(self) -> LRPGraph:
+        """The LRP graph of the current backbone (rebuilt if its modules were replaced)."""
         if self.lrp_graph.model is not self.backbone or not self.lrp_graph.is_current():  # modules replaced
             self.lrp_graph = self._new_graph()
-        return self.lrp_graph(x, classes=classes)
+        return self.lrp_graph
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()

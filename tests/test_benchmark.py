@@ -69,8 +69,8 @@ def test_all_systems_on_both_benchmarks(tmp_path):
                    radiograph_standard_epochs=1)
     report = run_benchmark(tmp_path, profile=tiny, progress=False, models="all", datasets="all")
     digits, radiographs = report["benchmarks"]["digits"], report["benchmarks"]["radiographs"]
-    systems = {"standard", "isnet", "pipeline", "pipeline (no segmenter)", "multitask", "sononet", "gain", "rrr",
-               "isnet_gi", "vit"}
+    systems = {"standard", "isnet", "isnet_selective", "isnet_stochastic", "isnet_dual", "pipeline",
+               "pipeline (no segmenter)", "multitask", "sononet", "gain", "rrr", "isnet_gi", "vit"}
     assert set(digits["models"]) == systems | {"reference"}
     assert set(radiographs["models"]) == systems | {"ham"}
     for name in systems:

@@ -138,8 +138,29 @@ def test_masks_are_broadcast_resized_and_validated():
         loss(logits, labels, H, M * 2)
     with pytest.raises(ValueError, match="2 masks for a batch of 3"):
         loss(logits, labels, H, M[:2])
-    with pytest.raises(ValueError, match=r"shape \(B, K, C, H, W\)"):
-        loss(logits, labels, H[:, :2], M)
+    with pytest.raises(ValueError, match=r"shape \(B, K', C, H, W\) with B = 3"):
+        loss(logits, labels, H[:2], M)
+    with pytest.raises(ValueError, match=r"shape \(B, K', C, H, W\)"):
+        loss(logits, labels, H[:, 0], M)
+
+
+def test_one_map_per_image_and_several_sets_of_maps():
+    """The Faster ISNet's K' = 1 maps per image, and sets of maps (rules, layers) that count alike."""
+    logits, labels, H, M = sample(S=8)
+    loss = ISNetLoss(0.7, 0.9, C1=0.5, C2=4.0)
+    one = loss(logits, labels, H[:, :1], M)
+    assert torch.isfinite(one.total)
+    a, b = H[:, :1], 3 * H[:, 1:]
+    both = loss(logits, labels, [a, b], M, ranges=[(0.5, 4.0), (2.0, 9.0)])
+    first, second = loss(logits, labels, a, M), ISNetLoss(0.7, 0.9, C1=2.0, C2=9.0)(logits, labels, b, M)
+    torch.testing.assert_close(both.background, (first.background + second.background) / 2)
+    torch.testing.assert_close(both.foreground, (first.foreground + second.foreground) / 2)
+    torch.testing.assert_close(both.total, 0.3 * first.classification + 0.7 * (both.background + 3 * both.foreground))
+    small = torch.nn.functional.adaptive_max_pool2d(M.flatten(0, 1), 4).view(M.shape[0], 1, 4, 4)
+    pooled = loss(logits, labels, [a, H[:, :1, :, ::2, ::2]], [M, small])  # masks per set, at each size
+    assert torch.isfinite(pooled.total)
+    with pytest.raises(ValueError, match="need as many masks and ranges"):
+        loss(logits, labels, [a, b], [M])
 
 
 def test_reduced_precision_inputs_are_computed_in_float32():

@@ -3,6 +3,7 @@ runs, the choice of the best epoch, stopping on a non-finite loss or dead releva
 caller's warning filters."""
 
 import csv
+import dataclasses
 import math
 import warnings
 
@@ -113,12 +114,14 @@ def _train_until_bad(data, tmp_path, monkeypatch, spoil_parts=None, dead_heatmap
     from isnet.systems.base import TrainingDivergedError
 
     steps = len(data.train_dataloader())
-    original_losses, original_forward = ISNetModule.losses, ISNet.forward
+    original_losses, original_explain = ISNetModule.losses, ISNet.explain
     bad = {"now": False}
 
-    def forward(self, x, heatmaps=False, classes=None):
-        out = original_forward(self, x, heatmaps=heatmaps, classes=classes)
-        return (out[0], out[1] * 0) if heatmaps and bad["now"] and dead_heatmaps else out
+    def explain(self, x, *args, **kwargs):
+        out = original_explain(self, x, *args, **kwargs)
+        if bad["now"] and dead_heatmaps:
+            out = dataclasses.replace(out, heatmaps=tuple(h * 0 for h in out.heatmaps))
+        return out
 
     def losses(self, batch):
         bad["now"] = self.training and self.global_step == steps + 2
@@ -127,7 +130,7 @@ def _train_until_bad(data, tmp_path, monkeypatch, spoil_parts=None, dead_heatmap
             spoil_parts(parts)
         return parts, logits
 
-    monkeypatch.setattr(ISNet, "forward", forward)
+    monkeypatch.setattr(ISNet, "explain", explain)
     monkeypatch.setattr(ISNetModule, "losses", losses)
     L.seed_everything(0, verbose=False)
     module = ISNetModule("small_cnn", 3, P=0.7, arch_kwargs={"width": 8}, lr=0.01, momentum=0.9, C1=0.5, C2=20.0)

@@ -9,7 +9,7 @@ from .composites import (
     epsilon_composite,
     zplus_composite,
 )
-from .graph import LRPGraph, UnsupportedOperationError
+from .graph import Explanation, LRPGraph, UnsupportedOperationError
 from .layers import AffineLayer, UnsupportedLayerError
 from .rules import (
     Add,
@@ -30,6 +30,7 @@ from .explain import explain
 
 __all__ = [
     "LRPGraph",
+    "Explanation",
     "LRPSettings",
     "Composite",
     "Exactly",

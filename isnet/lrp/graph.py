@@ -25,21 +25,39 @@ supported network (Appendix H).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from .capture import materialised, module_output_node
 from .composites import RuleSpec, legacy_rules, resolve_all
 from .layers import CONV_TYPES
+from .outputs import ClassesSpec, WeightsSpec, class_index, start_relevance
 from .passes import Plan, TracedModel, UnsupportedOperationError, build_plan
 from .rules import Rule
 from .settings import Bound, LRPSettings, settings_from
 
 LegacyRuleFactory = Callable[[nn.Module, float], Rule]
 
-__all__ = ["LRPGraph", "UnsupportedOperationError"]
+__all__ = ["Explanation", "LRPGraph", "UnsupportedOperationError", "class_index"]
+
+
+@dataclass
+class Explanation:
+    """What one run of an :class:`LRPGraph` gives.
+
+    Attributes:
+        logits: ``(B, K_total)``.
+        heatmaps: one ``(B, K', C, H, W)`` tensor per composite, in order.
+        layers: one ``{layer name: (B, K', *layer output shape[1:])}`` dictionary per
+            composite: the relevance at the requested intermediate layers.
+    """
+
+    logits: Tensor
+    heatmaps: tuple[Tensor, ...]
+    layers: tuple[dict[str, Tensor], ...]
 
 
 def _function_name(fn: Any) -> str:
@@ -117,6 +135,7 @@ class LRPGraph:
             ) from error
         self._root = traced
         self._modules = dict(traced.named_modules())
+        self._materialised: list[set[fx.Node]] | None = None  # per plan, computed when layers are asked for
         self._build()
 
     # -- the settings, as before LRPSettings --------------------------------------------------
@@ -304,7 +323,15 @@ class LRPGraph:
             raise ValueError(f"the model must return logits of shape (B, K) = ({x.shape[0]}, K), got {shape}")
         return logits, saved
 
-    def relevance(self, logits: Tensor, saved: dict, classes: Tensor, plan: Plan | None = None) -> Tensor | None:
+    def relevance(
+        self,
+        logits: Tensor,
+        saved: dict,
+        classes: Tensor | None = None,
+        plan: Plan | None = None,
+        *,
+        start: Tensor | None = None,
+    ) -> Tensor | None:
         """Propagate the relevance of the chosen logits to the input.
 
         Args:
@@ -313,18 +340,37 @@ class LRPGraph:
             classes: logit indices to explain, long: ``(K,)`` shared by the batch, or
                 ``(B, K)`` per image.
             plan: whose rules to use (default: the first composite's).
+            start: instead of ``classes``, the relevance at the logits, ``(B, K, K_total)``
+                (see :func:`isnet.lrp.outputs.start_relevance`).
 
         Returns:
             Relevance at the input, ``(B, K, *input.shape[1:])``, or ``None`` if none reaches it.
         """
-        steps = (plan or self.plans[0]).steps
-        onehot = F.one_hot(classes, logits.shape[1]).to(logits.dtype)  # (K, K_total) or (B, K, K_total)
-        pending: dict[fx.Node, Tensor] = {self.output_node.args[0]: logits.unsqueeze(1) * onehot}
+        if start is None:
+            start = start_relevance(logits, classes)
+        return self._propagate(start, saved, plan or self.plans[0], {})[0]
+
+    def _propagate(
+        self, start: Tensor, saved: dict, plan: Plan, keep: dict[fx.Node, list[str]]
+    ) -> tuple[Tensor | None, dict[str, Tensor]]:
+        """Run ``plan``'s rules backwards from the start relevance ``(B, K, K_total)``.
+
+        Returns:
+            ``(relevance at the input or None, {name: relevance at the layer})`` for the
+            layers in ``keep`` (node -> names).
+        """
+        steps = plan.steps
+        kept: dict[str, Tensor] = {}
+        pending: dict[fx.Node, Tensor] = {self.output_node.args[0]: start}
+        relevance_at_input = None
         for node in reversed(self.graph.nodes):
             R = pending.pop(node, None)
+            if node in keep and R is not None:  # (validated layers always receive relevance)
+                kept.update((name, R) for name in keep[node])
             if R is None or node not in steps:
                 if node is self.input_node:
-                    return R
+                    relevance_at_input = R
+                    break
                 continue
             step = steps[node]
             own = saved[node]
@@ -342,10 +388,77 @@ class LRPGraph:
                 if r is None or not isinstance(source, fx.Node) or source not in self._carrying:
                     continue
                 pending[source] = r if source not in pending else pending[source] + r
-        return None
+        return relevance_at_input, kept
+
+    # -- intermediate layers -----------------------------------------------------------------------
+    def layer_nodes(self, layers: Sequence[str]) -> dict[fx.Node, list[str]]:
+        """The traced nodes whose relevance gives each named layer's (see :mod:`isnet.lrp.capture`).
+
+        Raises:
+            ValueError: an unknown layer, a layer off the path from the image to the logits, or
+                one whose relevance the optimised propagation never holds.
+        """
+        prefix = "" if self._root is self.model else "0."
+        nodes = list(self.graph.nodes)
+        found: dict[fx.Node, list[str]] = {}
+        for name in layers:
+            if prefix + name not in self._modules:
+                raise ValueError(f"no layer {name!r} in {type(self.model).__name__} (names as in named_modules())")
+            node = module_output_node(nodes, prefix + name)
+            if node is None or node not in self._carrying:
+                raise ValueError(f"layer {name!r} is not on the path from the image to the logits")
+            if self._materialised is None:
+                output = self.output_node.args[0]
+                self._materialised = [materialised(p, nodes, output, self._carrying) for p in self.plans]
+            if any(node not in m for m in self._materialised):
+                raise ValueError(
+                    f"the relevance at layer {name!r} ({self._where(node)}) is not held by the optimised propagation "
+                    "(a batch norm fused into the layer before it, a norm absorbed by the layer after it, or a "
+                    "tensor between a layer and the max pool that divides its relevance); choose a block's output "
+                    "(a ResNet stage, a DenseNet block, a max pool)"
+                )
+            found.setdefault(node, []).append(name)
+        return found
+
+    def run(
+        self,
+        x: Tensor,
+        classes: ClassesSpec = None,
+        *,
+        logit_weights: WeightsSpec = None,
+        layers: Sequence[str] = (),
+    ) -> Explanation:
+        """Classify ``x`` and explain what ``classes`` or ``logit_weights`` choose, with every
+        composite, from one forward pass.
+
+        Args:
+            x: images ``(B, C, H, W)``, floating point, within ``[low, high]`` when zB is on.
+            classes: logit indices (see :meth:`__call__`), or a function of the logits
+                ``(B, K_total)`` that returns them.
+            logit_weights: instead of ``classes``, weights over the logits ``(K', K_total)``
+                or ``(B, K', K_total)``, or a function of the logits returning them: map ``k``
+                explains ``sum_j w[k, j] * logit_j`` in LRP's sense (:mod:`isnet.lrp.outputs`).
+            layers: names of intermediate layers (as in ``named_modules()``) whose relevance to
+                return as well (:mod:`isnet.lrp.capture`).
+
+        Returns:
+            An :class:`Explanation`.
+        """
+        keep = self.layer_nodes(layers) if layers else {}
+        self._check_images(x)
+        logits, saved = self.forward(x)
+        start = start_relevance(logits, classes, logit_weights)
+        maps, kept = [], []
+        for plan in self.plans:
+            heatmaps, at_layers = self._propagate(start, saved, plan, keep)
+            if heatmaps is None:
+                heatmaps = x.new_zeros(x.shape[0], start.shape[1], *x.shape[1:])
+            maps.append(heatmaps)
+            kept.append({name: at_layers[name] for name in layers})  # in the order asked for
+        return Explanation(logits, tuple(maps), tuple(kept))
 
     def __call__(
-        self, x: Tensor, classes: Sequence[int] | Tensor | None = None
+        self, x: Tensor, classes: ClassesSpec = None, *, logit_weights: WeightsSpec = None
     ) -> tuple[Tensor, Tensor | tuple[Tensor, ...]]:
         """Classify ``x`` and explain the chosen logits.
 
@@ -353,7 +466,9 @@ class LRPGraph:
             x: images ``(B, C, H, W)``, floating point, within ``[low, high]`` when zB is on.
             classes: logit indices to explain: ``None`` (all ``K_total``), a sequence or
                 ``(K,)`` tensor shared by the batch, or a ``(B, K)`` integer tensor with a
-                class list per image.  The relevance pass runs on ``B*K`` maps either way.
+                class list per image (or a function of the logits returning one).  The
+                relevance pass runs on ``B*K`` maps either way.
+            logit_weights: instead of ``classes``, weights over the logits (see :meth:`run`).
 
         Returns:
             ``(logits, heatmaps)``: logits ``(B, K_total)`` and heatmaps ``(B, K, C, H, W)``
@@ -362,44 +477,5 @@ class LRPGraph:
             (``rule=[...]``), a tuple of such heatmaps, one per composite, in order, all
             from one forward pass.
         """
-        self._check_images(x)
-        logits, saved = self.forward(x)
-        index = class_index(classes, logits.shape[1], x.shape[0], logits.device)
-        maps = []
-        for plan in self.plans:
-            heatmaps = self.relevance(logits, saved, index, plan)
-            if heatmaps is None:
-                heatmaps = x.new_zeros(x.shape[0], index.shape[-1], *x.shape[1:])
-            maps.append(heatmaps)
-        return logits, (tuple(maps) if self.several else maps[0])
-
-
-def class_index(classes: Sequence[int] | Tensor | None, total: int, batch: int, device: torch.device) -> Tensor:
-    """The logit indices to explain as a long tensor: ``(K,)`` shared, or ``(B, K)`` per image.
-
-    Raises:
-        ValueError: empty, non-integer, wrongly shaped or out-of-range classes.
-    """
-    if classes is None:
-        return torch.arange(total, device=device)
-    try:
-        index = torch.as_tensor(classes, device=device)
-    except (TypeError, ValueError, RuntimeError) as error:
-        raise ValueError(f"classes must be logit indices, got {classes!r}") from error
-    if index.dim() == 0:
-        index = index.view(1)
-    if index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
-        raise ValueError(f"classes must be integer logit indices, got dtype {index.dtype}")
-    if index.dim() > 2 or index.numel() == 0:
-        raise ValueError(
-            f"classes must be a non-empty sequence of logit indices (K,) or a per-image (B, K) tensor, "
-            f"got shape {tuple(index.shape)}"
-        )
-    if index.dim() == 2 and index.shape[0] != batch:
-        raise ValueError(
-            f"per-image classes must have shape (B, K) = ({batch}, K) for a batch of {batch} images, "
-            f"got {tuple(index.shape)}"
-        )
-    if (index < 0).any() or (index >= total).any():
-        raise ValueError(f"classes must lie in [0, {total - 1}] for a model with {total} logits, got {index.tolist()}")
-    return index.long()
+        out = self.run(x, classes, logit_weights=logit_weights)
+        return out.logits, (out.heatmaps if self.several else out.heatmaps[0])

@@ -1,9 +1,11 @@
 """The ISNet training module (Algorithm 1, Appendix F.2): one system for ISNets and
 standard classifiers.
 
-With ``P > 0`` every step computes the B x K heatmaps and the ISNet loss; with
-``P = 0`` no heatmap is computed and the module trains a standard classifier with
-the same data, optimiser and logging.  Both train through :func:`isnet.training.train`
+With ``P > 0`` every step computes heatmaps and the ISNet loss: the B x K heatmaps of the
+original ISNet, or one per image for the Faster ISNet variants (``variant``, see
+:mod:`isnet.systems.variants`), optionally also at intermediate layers (``deep_supervision``,
+see :mod:`isnet.systems.deep_supervision`); with ``P = 0`` no heatmap is computed and the
+module trains a standard classifier with the same data, optimiser and logging.  Both train through :func:`isnet.training.train`
 like every other system; :func:`estimate_c1_c2` sets the loss's natural range from a
 standard classifier (Appendix F.3).
 """
@@ -19,10 +21,13 @@ from torch import Tensor, nn
 
 from .. import defaults
 from ..backbones import build_backbone, save_model
-from ..loss import ISNetLoss, foreground_relevance, natural_range_from_moments, prepare_masks
+from ..loss import ISNetLoss, foreground_moments, natural_range_from_moments
+from ..lrp.quantities import check_selective_class
 from ..model import ISNet
 from .base import SystemModule, check_optimisation, require_relevance
+from .deep_supervision import INPUT, pool_masks, supervised_layers
 from .gradients import gradient_times_input
+from .variants import RANDOM, RULES, check_variant, explained
 
 
 def warmup_weight(step: int, P: float, warmup_steps: int) -> float:
@@ -38,7 +43,7 @@ SELECTION_METRIC = "selection_loss"
 
 
 class ISNetModule(SystemModule):
-    """ISNet (``P > 0``) or standard classifier (``P = 0``) training.
+    """ISNet (``P > 0``, any variant of the Faster ISNet family) or standard classifier (``P = 0``) training.
 
     Args:
         backbone: architecture name (see :mod:`isnet.backbones`).
@@ -52,6 +57,9 @@ class ISNetModule(SystemModule):
             (:func:`isnet.loss.natural_range`; outside a trainer from the first batch); until then
             ``L2`` is left out of the loss.  Numbers
             fix them, e.g. from a standard classifier (:func:`estimate_c1_c2`, Appendix F.3).
+            With several sets of heatmaps (``dual``'s two rules, deep supervision's layers) every
+            set has its own range (:attr:`natural_ranges`): numbers fix the first set's (LRP-epsilon
+            at the image), the others are always set automatically.
         heatmap_warmup_epochs: ``P`` rises linearly from 0 at the first step to its value at
             the end of this many epochs (0: the paper's constant ``P``).  Validation losses and
             the choice of the best checkpoint use the full ``P``; epochs of the warm-up are not
@@ -67,6 +75,13 @@ class ISNetModule(SystemModule):
         class_names: names of the K classes, kept with exported models.
         channels_last: keep the backbone's weights and the images channels-last (4-D
             images only).  The same numbers up to rounding, faster training on the CPU.
+        variant: ``full`` (the original ISNet: the heatmaps of all K classes), ``selective``,
+            ``stochastic`` or ``dual`` (one heatmap per image, or one per rule; see
+            :mod:`isnet.systems.variants`).
+        selective_class: the class whose softmax quantity a ``selective`` heatmap explains:
+            ``highest`` (the prediction, the default) or ``lowest`` logit.
+        deep_supervision: the heatmap loss also on the relevance at the backbone's stage outputs
+            (:mod:`isnet.systems.deep_supervision`).
     """
 
     monitor = SELECTION_METRIC  # warm-up epochs are never chosen as the best
@@ -99,9 +114,14 @@ class ISNetModule(SystemModule):
         warmup_epochs: float = 0.0,
         class_names: Sequence[str] | None = None,
         channels_last: bool = defaults.CHANNELS_LAST,
+        variant: str = "full",
+        selective_class: str = defaults.SELECTIVE_CLASS,
+        deep_supervision: bool = False,
     ) -> None:
         super().__init__()
         check_optimisation(optimizer, lr_schedule, warmup_epochs)
+        check_variant(variant, multilabel)
+        check_selective_class(selective_class)
         if not (isinstance(heatmap_warmup_epochs, (int, float)) and heatmap_warmup_epochs >= 0):
             raise ValueError(f"heatmap_warmup_epochs must be a number >= 0, got {heatmap_warmup_epochs!r}")
         for name, value in (("C1", C1), ("C2", C2)):
@@ -111,16 +131,41 @@ class ISNetModule(SystemModule):
         model = build_backbone(backbone, num_classes, in_channels, **(arch_kwargs or {}))
         if channels_last:
             model = model.to(memory_format=torch.channels_last)  # converts the 4-D weights only
-        self.net = ISNet(model, epsilon=epsilon, zb=zb, low=low, high=high)
-        known = C1 is not None and C2 is not None
+        rules = RULES[variant]
+        self.net = ISNet(model, epsilon=epsilon, zb=zb, low=low, high=high,
+                         rule=list(rules) if len(rules) > 1 else rules[0])
+        self.layers: list[str] = supervised_layers(model) if deep_supervision else []
+        if self.layers:
+            self.net.graph().layer_nodes(self.layers)  # the propagation holds their relevance (else ValueError)
+        levels = [INPUT, *self.layers]
+        self.map_names: list[str] = [level if len(rules) == 1 else f"{rule}/{level}" for rule in rules for level in levels]
+        """One name per set of heatmaps the loss penalises: the rule and the level (``input`` or a layer)."""
+        known = C1 is not None and C2 is not None and len(self.map_names) == 1
         self.criterion = ISNetLoss(P, d, E=E, w1=w1, w2=w2, C1=C1 if known else 1.0, C2=C2 if known else 2.0,
                                    multilabel=multilabel)
-        self.range_known = known  # whether criterion.C1, C2 hold the range in use
-        self._relevance_stats: list[Tensor] = []  # (n, sum, sum of squares) of g over the warm-up's last epoch
+        self.range_known = known  # whether the natural ranges in use are known
+        self._extra_ranges: dict[str, tuple[float, float]] = {}  # the ranges of the map sets after the first
+        self._relevance_stats: list[Tensor] = []  # (sets, 3): n, sum, sum of squares of g over the warm-up's last epoch
+        self._logit_seed: int | None = None
+        self._logit_generator: torch.Generator | None = None
+        if variant in RANDOM:  # drawn after the weights: the same initialisation as the full ISNet's
+            self._logit_seed = int(torch.randint(0, 2**62, (1,)).item())
+            self._logit_generator = torch.Generator().manual_seed(self._logit_seed)
+        self._validation_batch = 0
 
     @property
     def method(self) -> str:  # type: ignore[override]
-        return "isnet" if self.uses_heatmaps else "standard"
+        if not self.uses_heatmaps:
+            return "standard"
+        variant = self.hparams.get("variant", "full")
+        return "isnet" if variant == "full" else f"isnet_{variant}"
+
+    @property
+    def natural_ranges(self) -> dict[str, tuple[float, float]]:
+        """``{map set name: (C1, C2)}`` of the foreground loss (empty until known)."""
+        if not self.range_known:
+            return {}
+        return {self.map_names[0]: (self.criterion.C1, self.criterion.C2), **self._extra_ranges}
 
     @property
     def backbone(self) -> nn.Module:
@@ -165,18 +210,42 @@ class ISNetModule(SystemModule):
         return warmup_weight(self.global_step if step is None else step, float(self.hparams.P), self.warmup_steps())
 
     def set_natural_range(self, C1: float, C2: float) -> None:
-        """Fix the foreground loss's range ``[C1, C2]`` (kept in checkpoints)."""
-        if not 0 < C1 < C2:
-            raise ValueError(f"need 0 < C1 < C2, got C1={C1}, C2={C2}")
-        self.criterion.C1, self.criterion.C2 = float(C1), float(C2)
+        """Fix the foreground loss's range ``[C1, C2]`` (kept in checkpoints); with several sets of
+        heatmaps, the first set's (see :meth:`set_natural_ranges`)."""
+        if len(self.map_names) > 1:
+            self.set_natural_ranges({**self._extra_ranges, self.map_names[0]: (C1, C2)})
+            return
+        self._set_range(self.map_names[0], C1, C2)
         self.range_known = True
         self._relevance_stats = []
 
-    def _update_natural_range(self, heatmaps: Tensor, masks: Tensor) -> None:
-        """Collect foreground relevances over the warm-up's last epoch; set C1, C2 when it ends."""
-        g = foreground_relevance(heatmaps.detach().double(), prepare_masks(masks, heatmaps.detach().double()))
-        hp = self.hparams
-        current = torch.stack([g.new_tensor(g.numel()), g.sum(), (g**2).sum()])
+    def set_natural_ranges(self, ranges: dict[str, tuple[float, float]]) -> None:
+        """Fix the range ``(C1, C2)`` of every set of heatmaps, ``{name: range}`` for every name of
+        :attr:`map_names` (kept in checkpoints)."""
+        missing = [name for name in self.map_names if name not in ranges]
+        if missing:
+            raise ValueError(f"natural ranges missing for {missing}; the heatmap sets are {self.map_names}")
+        for name in self.map_names:
+            self._set_range(name, *ranges[name])
+        self.range_known = True
+        self._relevance_stats = []
+
+    def _set_range(self, name: str, C1: float, C2: float) -> None:
+        if not 0 < C1 < C2:
+            raise ValueError(f"need 0 < C1 < C2, got C1={C1}, C2={C2} for {name}")
+        if name == self.map_names[0]:
+            self.criterion.C1, self.criterion.C2 = float(C1), float(C2)
+        else:
+            self._extra_ranges[name] = (float(C1), float(C2))
+
+    def _update_natural_range(self, maps: list[Tensor], masks: list[Tensor]) -> None:
+        """Collect foreground relevances over the warm-up's last epoch; set the ranges when it ends.
+
+        Args:
+            maps: one ``(B, K', C, H, W)`` tensor per set of heatmaps (:attr:`map_names`).
+            masks: their masks, ``(B, 1, H, W)`` at each set's size.
+        """
+        current = torch.stack([foreground_moments(h, m) for h, m in zip(maps, masks)])  # (sets, 3)
         if self._trainer is not None:
             # observe one epoch: the warm-up's last, or the first when there is no warm-up
             step, per_epoch = self.global_step, self._steps_per_epoch()
@@ -189,11 +258,53 @@ class ISNetModule(SystemModule):
         stats = torch.stack(self._relevance_stats).sum(0) if self._relevance_stats else current
         if self._trainer is not None and self.trainer.world_size > 1:
             stats = self.trainer.strategy.reduce(stats, reduce_op="sum")  # every process gets the same range
-        n, total_g, total_sq = (float(v) for v in stats)
-        mean = total_g / n
-        std = max(0.0, (total_sq - n * mean**2) / max(1.0, n - 1)) ** 0.5
-        c1, c2 = natural_range_from_moments(mean, std, n)
-        self.set_natural_range(hp.C1 if hp.C1 is not None else c1, hp.C2 if hp.C2 is not None else c2)
+        self._set_ranges_from(stats)
+
+    def _set_ranges_from(self, stats: Tensor) -> None:
+        """Set every map set's range from its moments ``(sets, 3)`` (:func:`isnet.loss.natural_range`'s
+        rule); given ``C1``, ``C2`` win for the first set."""
+        hp = self.hparams
+        ranges = {}
+        for name, (n, total_g, total_sq) in zip(self.map_names, stats.tolist()):
+            mean = total_g / n
+            std = max(0.0, (total_sq - n * mean**2) / max(1.0, n - 1)) ** 0.5
+            ranges[name] = natural_range_from_moments(mean, std, n)
+        first = ranges[self.map_names[0]]
+        ranges[self.map_names[0]] = (hp.C1 if hp.C1 is not None else first[0], hp.C2 if hp.C2 is not None else first[1])
+        self.set_natural_ranges(ranges)
+
+    @torch.no_grad()
+    def estimate_natural_ranges(self, loader: Any, batches: int | None = None) -> dict[str, tuple[float, float]]:
+        """Set every map set's range ``[C1, C2]`` from the current model's heatmaps (in eval mode) over the
+        first ``batches`` batches of ``loader`` (all: ``None``), before training: the Faster ISNet variants'
+        counterpart of :func:`estimate_c1_c2` (Appendix F.3), e.g. on a trained standard classifier's
+        weights, so that the foreground loss counts from the first step.  Random variants draw as in
+        validation; the training draws are untouched.
+
+        Returns:
+            :attr:`natural_ranges`.
+        """
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        total = None
+        try:
+            for i, batch in enumerate(loader):
+                if batches is not None and i >= batches:
+                    break
+                self._validation_batch = i
+                images = self._layout(batch["image"].to(device))
+                _, maps, levels = self._heatmaps(images)
+                masks = batch["mask"].to(device)
+                masks_of = [masks if level == INPUT else pool_masks(masks, m.shape[-2:]) for m, level in zip(maps, levels)]
+                current = torch.stack([foreground_moments(h, m) for h, m in zip(maps, masks_of)])
+                total = current if total is None else total + current
+        finally:
+            self.train(was_training)
+        if total is None:
+            raise ValueError("no batches to estimate the natural ranges from")
+        self._set_ranges_from(total)
+        return self.natural_ranges
 
     def losses(self, batch: dict) -> tuple[dict[str, Tensor], Tensor]:
         images, masks, labels = self._layout(batch["image"]), batch["mask"], batch["label"]
@@ -201,12 +312,17 @@ class ISNetModule(SystemModule):
             logits = self.net(images)
             out = self.criterion(logits, labels, None, None)
             return {"loss": out.total, "L_C": out.classification}, logits
-        logits, heatmaps = self.net(images, heatmaps=True)
-        require_relevance(heatmaps)
+        logits, maps, levels = self._heatmaps(images)
+        require_relevance(maps[0])
+        masks_of = [masks if level == INPUT else pool_masks(masks, m.shape[-2:]) for m, level in zip(maps, levels)]
         if self.training and not self.range_known:
-            self._update_natural_range(heatmaps, masks)
+            self._update_natural_range(maps, masks_of)
         P = self.heatmap_weight() if self.training else float(self.hparams.P)
-        out = self.criterion(logits, labels, heatmaps, masks, P=P, foreground=self.range_known)
+        if len(maps) == 1:
+            out = self.criterion(logits, labels, maps[0], masks, P=P, foreground=self.range_known)
+        else:
+            ranges = [self.natural_ranges[n] for n in self.map_names] if self.range_known else None
+            out = self.criterion(logits, labels, maps, masks_of, P=P, foreground=self.range_known, ranges=ranges)
         parts = {"loss": out.total, "L_C": out.classification, "L_LRP": out.heatmap, "L1": out.background,
                  "L2": out.foreground}
         if self.training:
@@ -215,7 +331,26 @@ class ISNetModule(SystemModule):
                 parts.update(C1=out.total.new_tensor(self.criterion.C1), C2=out.total.new_tensor(self.criterion.C2))
         return parts, logits
 
+    def _heatmaps(self, images: Tensor) -> tuple[Tensor, list[Tensor], list[str]]:
+        """Logits ``(B, K)`` and every set of heatmaps the loss penalises, in the order of
+        :attr:`map_names`, with each set's level (``input`` or a layer name)."""
+        hp = self.hparams
+        variant = hp.get("variant", "full")
+        generator = self._logit_generator
+        if variant in RANDOM and not self.training:
+            # Validation draws its own logits, the same for a batch in every epoch, and leaves the
+            # training draws (saved in checkpoints) untouched.
+            generator = torch.Generator().manual_seed(self._logit_seed + 1_000_003 * (1 + self._validation_batch))
+        what = explained(variant, generator=generator, selective_class=hp.get("selective_class", "highest"))
+        out = self.net.explain(images, **what, layers=self.layers)
+        maps, levels = [], []
+        for heatmaps, at_layers in zip(out.heatmaps, out.layers):
+            maps += [heatmaps, *at_layers.values()]
+            levels += [INPUT, *at_layers]
+        return out.logits, maps, levels
+
     def validation_step(self, batch: dict, batch_idx: int) -> Tensor:
+        self._validation_batch = batch_idx
         loss = super().validation_step(batch, batch_idx)
         # The best checkpoint is chosen among epochs trained with the full loss: a warm-up epoch's
         # model has not been trained against its background relevance yet.
@@ -228,11 +363,21 @@ class ISNetModule(SystemModule):
         super().on_save_checkpoint(checkpoint)
         if self.range_known:
             checkpoint["isnet_natural_range"] = [self.criterion.C1, self.criterion.C2]
+            if len(self.map_names) > 1:
+                checkpoint["isnet_natural_ranges"] = {name: list(r) for name, r in self.natural_ranges.items()}
+        if self._logit_generator is not None:
+            checkpoint["isnet_logit_draws"] = {"seed": self._logit_seed, "state": self._logit_generator.get_state()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
-        if "isnet_natural_range" in checkpoint:
+        if "isnet_natural_ranges" in checkpoint:
+            self.set_natural_ranges({name: tuple(r) for name, r in checkpoint["isnet_natural_ranges"].items()})
+        elif "isnet_natural_range" in checkpoint:
             self.set_natural_range(*checkpoint["isnet_natural_range"])
+        draws = checkpoint.get("isnet_logit_draws")
+        if draws is not None and self._logit_generator is not None:
+            self._logit_seed = int(draws["seed"])
+            self._logit_generator.set_state(draws["state"])
 
     # -- deployment --------------------------------------------------------------------------
     export_stem = "backbone"  # backbone.pt (isnet model file), backbone.onnx, backbone.pt2

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .variants import VARIANTS
+
 if TYPE_CHECKING:
     from .base import SystemModule
 
@@ -50,6 +52,10 @@ _ISNET = "isnet.systems.isnet:ISNetModule"
 METHODS: dict[str, SystemSpec] = {
     "standard": SystemSpec(_ISNET, fixed={"P": 0.0}),
     "isnet": SystemSpec(_ISNET, grid=_ISNET_GRID, refine=("P", 0.1)),
+    **{  # the Faster ISNet family: the ISNet with its variant fixed (isnet.systems.variants)
+        f"isnet_{variant}": SystemSpec(_ISNET, fixed={"variant": variant}, grid=_ISNET_GRID, refine=("P", 0.1))
+        for variant in VARIANTS if variant != "full"
+    },
     "pipeline": SystemSpec("isnet.systems.pipeline:PipelineModule"),
     "multitask": SystemSpec("isnet.systems.multitask:MultiTaskModule",
                             grid={"P": (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)}, refine=("P", 0.05)),
@@ -62,6 +68,10 @@ METHODS: dict[str, SystemSpec] = {
     "ham": SystemSpec("isnet.systems.ham:HAMModule"),
 }
 """Method name -> its :class:`SystemSpec`, in the order of reports and help texts."""
+
+ISNETS: tuple[str, ...] = tuple(name for name, spec in METHODS.items()
+                                if spec.target == _ISNET and spec.fixed.get("P", 1.0) > 0)
+"""The ISNet methods: ``isnet`` and its Faster ISNet variants (``isnet_<variant>``)."""
 
 TUNABLE: tuple[str, ...] = tuple(name for name, spec in METHODS.items() if spec.grid)
 """The methods with a default search grid (``isnet tune --method``)."""

@@ -56,13 +56,16 @@ def test_unknown_methods_and_settings_are_named():
 def test_the_tunable_methods_are_those_with_a_grid():
     from isnet.tune import GRIDS, REFINE
 
-    assert TUNABLE == tuple(GRIDS) == ("isnet", "multitask", "gain", "rrr", "isnet_gi")
+    variants = ("isnet_selective", "isnet_stochastic", "isnet_dual")
+    assert TUNABLE == tuple(GRIDS) == ("isnet", *variants, "multitask", "gain", "rrr", "isnet_gi")
     assert GRIDS["isnet_gi"] == GRIDS["isnet"] == {"P": [0.2, 0.4, 0.6, 0.8], "d": [0.9, 0.996, 1.0]}
+    assert all(GRIDS[v] == GRIDS["isnet"] for v in variants)
     assert GRIDS["rrr"] == {"lambda1": [10.0**i for i in range(9)]}
-    assert REFINE == {"isnet": ("P", 0.1), "multitask": ("P", 0.05), "isnet_gi": ("P", 0.1)}
+    assert REFINE == {"isnet": ("P", 0.1), **{v: ("P", 0.1) for v in variants}, "multitask": ("P", 0.05),
+                      "isnet_gi": ("P", 0.1)}
 
 
-@pytest.mark.parametrize("method", ["standard", "isnet"])
+@pytest.mark.parametrize("method", ["standard", "isnet", "isnet_selective", "isnet_dual"])
 def test_checkpoints_load_back_as_their_method(tmp_path, method):
     """The checkpoint stores the method name and the hyper-parameters (the fixed ones among them)."""
     module = build_system(method, 3, backbone="small_cnn", arch_kwargs={"width": 4})

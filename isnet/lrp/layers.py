@@ -144,44 +144,36 @@ class AffineLayer:
             ``(W, b)``.  ``W`` has the layer's weight shape, or shape ``(C,)`` for a
             lone norm; ``b`` has shape ``(C_out,)`` or is ``None``.
         """
-        layer = self.layer
-        if self.norm is None:
-            return layer.weight, layer.bias
-        scale, shift = self._norm_scale_shift(y)
-        if layer is None:
-            return scale, shift
-        weight = layer.weight * scale.view(-1, *([1] * (layer.weight.dim() - 1)))
-        bias = shift if layer.bias is None else shift + scale * layer.bias
-        return weight, bias
+        return self.fused(y)[:2]
 
-    def parameter_bias(self, y: Tensor) -> Tensor | None:
-        """The bias parameters' share of the fused bias: ``beta + scale * b`` (norm shift
-        ``beta``, layer bias ``b``), with the norm's ``scale`` as a constant, so that its
-        gradient reaches the bias parameters only; ``None`` without bias parameters.
+    def fused(self, y: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """``(W, b, p)``: :meth:`weight_and_bias` and the bias parameters' share ``p`` of ``b``,
+        from one computation of the norm's statistics.
 
-        ``z - (p - p.detach())`` (``p`` this tensor) has ``z``'s value and gradient except
-        towards the bias parameters: the paper's detached biases (Alg. 6, step 1), while a
-        norm in training mode keeps the gradient through its batch mean and variance, which
-        the forward pass depends on as well.
+        ``p = beta + scale * b_layer`` (norm shift ``beta``, layer bias ``b_layer``) with the
+        norm's ``scale`` as a constant, so that its gradient reaches the bias parameters only;
+        ``None`` without bias parameters.  ``z - (p - p.detach())`` has ``z``'s value and
+        gradient except towards the bias parameters: the paper's detached biases (Alg. 6,
+        step 1), while a norm in training mode keeps the gradient through its batch mean and
+        variance, which the forward pass depends on as well.
 
         Args:
             y: the norm's input as returned by :meth:`forward`.
 
         Returns:
-            ``(C_out,)`` or ``None``.
+            ``W`` as in :meth:`weight_and_bias`; ``b`` and ``p`` of shape ``(C_out,)`` or ``None``.
         """
         layer, norm = self.layer, self.norm
-        layer_bias = None if layer is None else layer.bias
-        norm_bias = None if norm is None else norm.bias
-        if layer_bias is None and norm_bias is None:
-            return None
-        if layer_bias is not None and norm is not None:
-            with torch.no_grad():
-                scale = self._norm_scale_shift(y)[0]
-            layer_bias = scale * layer_bias
-        if layer_bias is None:
-            return norm_bias
-        return layer_bias if norm_bias is None else layer_bias + norm_bias
+        if norm is None:
+            return layer.weight, layer.bias, layer.bias
+        scale, shift = self._norm_scale_shift(y)
+        if layer is None:
+            return scale, shift, norm.bias
+        weight = layer.weight * scale.view(-1, *([1] * (layer.weight.dim() - 1)))
+        if layer.bias is None:
+            return weight, shift, norm.bias
+        own = scale.detach() * layer.bias
+        return weight, shift + scale * layer.bias, own if norm.bias is None else own + norm.bias
 
     def channel_view(self, v: Tensor, ref: Tensor) -> Tensor:
         """Reshape a per-output-channel vector ``v`` to broadcast against ``ref`` (batch first)."""

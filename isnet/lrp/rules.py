@@ -60,7 +60,7 @@ def stabilized_divide(numerator: Tensor, z: Tensor, epsilon: float) -> Tensor:
 def detach_bias(z: Tensor, bias: Tensor | None) -> Tensor:
     """``z`` with the same value but no gradient path into ``bias`` (Alg. 6, step 1).
 
-    ``bias`` (see :meth:`AffineLayer.parameter_bias`) must already broadcast against ``z``.
+    ``bias`` (e.g. the bias parameters' share from :meth:`AffineLayer.fused`) must already broadcast against ``z``.
     Skipped when no gradient is recorded.
     """
     if bias is not None and torch.is_grad_enabled() and bias.requires_grad:
@@ -248,8 +248,7 @@ class Epsilon(Rule):
     def _denominator(self, saved: Saved) -> tuple[Tensor, Tensor, Tensor]:
         """``(x, W, z)`` where ``z`` equals the output in value with the bias detached."""
         x, y, z = saved
-        weight = self.layer.weight_and_bias(y)[0]
-        bias = self.layer.parameter_bias(y)
+        weight, _, bias = self.layer.fused(y)
         if bias is not None:
             z = detach_bias(z, self.layer.channel_view(bias, z))
         return x, weight, z
@@ -376,9 +375,9 @@ class ZPlus(Epsilon):
         (after a ReLU, i.e. everywhere but the first layer): then ``x- = 0`` and the terms with
         ``W-`` vanish, so the rule costs one convolution instead of two of twice the channels."""
         x, y, _ = saved
-        weight, bias = self.layer.weight_and_bias(y)
+        weight, bias, own = self.layer.fused(y)
         if bias is not None:
-            bias = detach_bias(bias, self.layer.parameter_bias(y))  # the bias parameters' share detached
+            bias = detach_bias(bias, own)  # the bias parameters' share detached
         # relu for the positive parts: the same values as clamp(min=0), with a cheaper backward pass
         if not bool((x.detach() < 0).any()):
             return x, x, None, torch.relu(weight), None, bias

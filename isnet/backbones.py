@@ -57,6 +57,26 @@ class SmallCNN(nn.Module):
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 
+SMALL_CNN_MIN_BLOCKS = 3
+
+
+def small_cnn_blocks(size: int) -> int:
+    """``small_cnn``'s depth for ``size`` x ``size`` inputs, as ``isnet fit`` sets it when not given.
+
+    The fewest blocks, at least :data:`SMALL_CNN_MIN_BLOCKS`, whose last features see half the
+    image side (``3 * 2**blocks - 2 >= size / 2``: 3 blocks up to 44 px, 4 up to 92, 5 up to 188),
+    and no more than the halvings that leave at least one pixel.  With 3 blocks on 64 px images
+    a standard classifier trained on background-swapped digits reached a macro-F1 of 0.755; with 4,
+    0.899 (README "Your data").
+    """
+    if not (isinstance(size, int) and size >= 1):
+        raise ValueError(f"image size must be a positive integer, got {size!r}")
+    blocks = SMALL_CNN_MIN_BLOCKS
+    while 3 * 2**blocks - 2 < size / 2:
+        blocks += 1
+    return max(1, min(blocks, size.bit_length() - 1))
+
+
 def _torchvision(name: str) -> Callable[..., nn.Module]:
     def build(num_classes: int, in_channels: int = 3, **kwargs: Any) -> nn.Module:
         if in_channels != 3:

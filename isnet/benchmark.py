@@ -89,6 +89,12 @@ class Profile:
     # has learned the shortcut, the ISNet has to unlearn it.  () for the paper's random start.
     # The ISNet and its Faster ISNet variants.
     warm_start: tuple[str, ...] = ISNETS
+    # Share of each ISNet training batch put on other images' backgrounds (None: the ISNet's default,
+    # isnet.defaults.BACKGROUND_SWAP; 0: the paper's ISNet).  The standard classifier never swaps.
+    isnet_background_swap: float | None = None
+    # The ISNets start from the trained standard classifier, so the heatmap loss starts at once (no
+    # gate, isnet.defaults.HEATMAP_GATE).
+    heatmap_gate: float | None = None
     P: float = 0.85  # ISNet (and ISNet Grad*Input) on digits
     d: float = 0.95
     radiograph_P: float = 0.7  # on radiographs: the paper's COVID-19 / tuberculosis setting
@@ -179,9 +185,11 @@ def _settings(method: str, prof: Profile, classes: list[str], c: dict[str, tuple
         return "standard", backbone, standard_epochs
     if method == "isnet":
         return "isnet", dict(backbone, P=P, d=d, C1=c["lrp"][0], C2=c["lrp"][1],
+                             background_swap=prof.isnet_background_swap, heatmap_gate=prof.heatmap_gate,
                              heatmap_warmup_epochs=prof.heatmap_warmup_epochs), prof.isnet_epochs
     if method in ISNETS:  # a Faster ISNet variant
-        settings = dict(backbone, P=P, d=d, C1=None, C2=None, heatmap_warmup_epochs=prof.heatmap_warmup_epochs)
+        settings = dict(backbone, P=P, d=d, C1=None, C2=None, heatmap_warmup_epochs=prof.heatmap_warmup_epochs,
+                        background_swap=prof.isnet_background_swap, heatmap_gate=prof.heatmap_gate)
         if method == "isnet_selective":
             settings["selective_class"] = prof.selective_class
         return method, settings, prof.isnet_epochs

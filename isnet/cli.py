@@ -161,6 +161,13 @@ def _fit(args: argparse.Namespace) -> int:
     init = model_args.pop("init_from", None)
     if "image_size" in system_parameters(method) and "image_size" not in model_args:
         model_args["image_size"] = data.prep.size  # e.g. the ViT's patch grid follows the data
+    if ("arch_kwargs" in system_parameters(method) and model_args.get("backbone") == "small_cnn"
+            and "blocks" not in (model_args.get("arch_kwargs") or {})):
+        from .backbones import small_cnn_blocks
+
+        # the depth follows the image size, and is written to config.yaml for resume and reports
+        model_args["arch_kwargs"] = {**(model_args.get("arch_kwargs") or {}), "blocks": small_cnn_blocks(data.prep.size)}
+        cfg["model"]["arch_kwargs"] = model_args["arch_kwargs"]
     module = build_system(method, data.num_classes, class_names=data.classes, **model_args)
     if init:
         from .warm_start import init_from

@@ -125,8 +125,12 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> dict[
         if config["model"]["variant"] not in VARIANTS:
             raise ConfigError(f"model.variant {config['model']['variant']!r} is not an ISNet variant; choose one of "
                               f"{', '.join(VARIANTS)}")
-    if "deep_supervision" in config["model"] and not isinstance(config["model"]["deep_supervision"], bool):
-        raise ConfigError(f"model.deep_supervision must be true or false, got {config['model']['deep_supervision']!r}")
+    for key in ("deep_supervision", "range_follows"):
+        if key in config["model"] and not isinstance(config["model"][key], bool):
+            raise ConfigError(f"model.{key} must be true or false, got {config['model'][key]!r}")
+    swap = config["model"].get("background_swap")
+    if swap is not None and (isinstance(swap, bool) or not isinstance(swap, (int, float)) or not 0 <= swap <= 1):
+        raise ConfigError(f"model.background_swap must be a share in [0, 1] (or null: automatic), got {swap!r}")
     config["model"].setdefault("method", "isnet")
     config.setdefault("seed_everything", 0)
     config.setdefault("out", "runs/isnet")

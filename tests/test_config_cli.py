@@ -49,6 +49,11 @@ def test_broken_configs_name_the_problem(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="section.key=value"):
         load_config(None, ["P=0.3"])
+    with pytest.raises(ConfigError, match=r"model.background_swap must be a share in \[0, 1\]"):
+        load_config(None, ["data.root=x", "model.background_swap=1.5"])
+    with pytest.raises(ConfigError, match="model.range_follows must be true or false"):
+        load_config(None, ["data.root=x", "model.range_follows=maybe"])
+    assert load_config(None, ["data.root=x", "model.background_swap=0.5"])["model"]["background_swap"] == 0.5
 
 
 def test_fit_test_export_round_trip(tmp_path):
@@ -88,6 +93,7 @@ def test_fit_test_export_round_trip(tmp_path):
     assert main(second) == 0
     saved = yaml.safe_load((tmp_path / "run2" / "config.yaml").read_text())
     assert 0 < saved["model"]["C1"] < saved["model"]["C2"] and saved["model"]["C1"] != 0.1
+    assert saved["model"]["arch_kwargs"] == {"width": 4, "blocks": 3}  # small_cnn's depth chosen for 32 px
     program = torch.export.load(tmp_path / "exp" / "backbone.pt2").module()
     assert program(torch.rand(1, 3, 32, 32)).shape == (1, 3)
     # the run's config.yaml gives the exported model the data module's test preprocessing

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from scipy.ndimage import distance_transform_edt, gaussian_filter
 from torch import Tensor
+from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 SWAP_VARIANTS = ("mixed_rand", "mixed_next")
@@ -242,3 +243,89 @@ class SwappedBackgrounds(Dataset):
         image = swap_background(item["image"], item["mask"], donor["image"], donor["mask"], sigma=self.sigma)
         mask = torch.from_numpy(binary_mask(item["mask"], *image.shape[-2:]).astype(np.float32))[None]
         return {"image": image, "mask": mask, "label": item["label"], "index": r, "donor": d}
+
+
+# -- training-time swaps: whole batches, on the tensors' device ------------------------------
+
+
+def fill_foreground_batch(images: Tensor, masks: Tensor) -> Tensor:
+    """``images`` with each foreground replaced by the local mean of its background, batched.
+
+    A push-pull fill, all on the images' device: the background (pixels with mask ``< 0.5``)
+    and its weights are average-pooled down a pyramid of halvings to one pixel; going back up,
+    every pixel without background at a level takes the bilinearly upsampled value of the
+    coarser level, and every other pixel the mean of the background pixels in its cell.  At
+    full resolution background pixels keep their value exactly, and a foreground pixel gets a
+    mean of nearby background values, so nothing of the foreground survives.  A mask that covers
+    the whole image leaves the image unchanged (nothing to fill from).
+
+    Args:
+        images: ``(B, C, H, W)``.
+        masks: ``(B, 1, H, W)``, foreground ``>= 0.5``.
+
+    Returns:
+        ``(B, C, H, W)``, ``images``' dtype and device.
+    """
+    check_batch(images, masks)
+    weight = (masks < 0.5).to(images.dtype)
+    levels = [(images * weight, weight)]
+    while min(levels[-1][1].shape[-2:]) > 1:
+        value, w = levels[-1]
+        levels.append((F.avg_pool2d(value, 2, ceil_mode=True), F.avg_pool2d(w, 2, ceil_mode=True)))
+    estimate = None
+    for value, w in reversed(levels):
+        mean = value / w.clamp_min(torch.finfo(images.dtype).tiny)
+        if estimate is None:
+            estimate = torch.where(w > 0, mean, images.new_zeros(()))
+            continue
+        coarse = F.interpolate(estimate, size=w.shape[-2:], mode="bilinear", align_corners=False)
+        estimate = torch.where(w > 0, mean, coarse)
+    has_background = weight.flatten(1).any(1).view(-1, 1, 1, 1)
+    return torch.where(has_background, estimate, images)
+
+
+def check_batch(images: Tensor, masks: Tensor) -> None:
+    """Raise ``ValueError`` unless ``images`` is ``(B, C, H, W)`` and ``masks`` ``(B, 1, H, W)`` of the same B, H, W."""
+    if images.dim() != 4 or masks.dim() != 4 or masks.shape[1] != 1 or masks.shape[0] != images.shape[0] \
+            or masks.shape[-2:] != images.shape[-2:]:
+        raise ValueError(f"background swap needs images (B, C, H, W) and masks (B, 1, H, W) of the same batch and "
+                         f"size, got {tuple(images.shape)} and {tuple(masks.shape)}")
+
+
+def swap_batch_backgrounds(images: Tensor, masks: Tensor, fraction: float = 1.0, *,
+                           generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """Put a share of a batch's foregrounds on the backgrounds of other images of the batch.
+
+    The donors are a random cyclic order of the batch (no image is its own donor when the batch
+    has two or more); each donor's foreground is filled in first (:func:`fill_foreground_batch`).
+    An image is swapped with probability ``fraction`` if its mask has foreground and background
+    and its donor's mask leaves some background; otherwise it is kept.  The recipient's
+    foreground pixels are kept exactly, so its mask stays valid.
+
+    Args:
+        images: ``(B, C, H, W)``.
+        masks: ``(B, 1, H, W)``, foreground ``>= 0.5``.
+        fraction: probability in ``[0, 1]`` that an image is swapped.
+        generator: CPU random generator of the draws (default: torch's global one).
+
+    Returns:
+        ``(swapped images (B, C, H, W), which were swapped (B,) bool)``.
+    """
+    check_batch(images, masks)
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"the background-swap fraction must lie in [0, 1], got {fraction!r}")
+    batch = images.shape[0]
+    order = torch.randperm(batch, generator=generator)
+    donors = torch.empty_like(order)
+    donors[order] = order.roll(-1)  # image order[i] takes the background of order[i + 1]
+    chosen = torch.rand(batch, generator=generator) < fraction
+    fg = masks >= 0.5
+    area = fg.flatten(1).float().mean(1).cpu()
+    usable = (area > 0) & (area < 1)  # foreground to keep and background to replace
+    swapped = (chosen & usable & (area[donors] < 1) & (donors != torch.arange(batch))).to(images.device)
+    if not bool(swapped.any()):
+        return images, swapped
+    donors = donors.to(images.device)
+    backgrounds = fill_foreground_batch(images[donors], masks[donors])
+    out = torch.where(fg | ~swapped.view(-1, 1, 1, 1), images, backgrounds)
+    return out, swapped

@@ -12,6 +12,7 @@ standard classifier (Appendix F.3).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 
 from .. import defaults
 from ..backbones import build_backbone, save_model
+from ..data.swap import swap_batch_backgrounds
 from ..loss import ISNetLoss, foreground_moments, natural_range_from_moments
 from ..lrp.quantities import check_selective_class
 from ..model import ISNet
@@ -82,6 +84,21 @@ class ISNetModule(SystemModule):
             ``highest`` (the prediction, the default) or ``lowest`` logit.
         deep_supervision: the heatmap loss also on the relevance at the backbone's stage outputs
             (:mod:`isnet.systems.deep_supervision`).
+        background_swap: share of each training batch's images whose background is replaced by
+            that of another image of the batch, foreground kept (counterfactual backgrounds, not
+            part of the paper; :func:`isnet.data.swap.swap_batch_backgrounds`).  ``None``
+            (automatic): :data:`isnet.defaults.BACKGROUND_SWAP` for an ISNet, 0 for a standard
+            classifier (``P = 0``), so that the standard classifier stays the plain baseline.
+            Validation and tests see the original images.
+        range_follows: an automatic range (``C1`` / ``C2`` not given, and every set of heatmaps
+            after the first) is measured again over every later training epoch and widened
+            upwards at the epoch's end: ``C1`` and ``C2`` each become the larger of their value and
+            the new measurement's.  ``False``: fixed once measured.
+        heatmap_gate: the heatmap loss, and its warm-up, start after the first training epoch whose
+            mean classification loss is below ``heatmap_gate`` times that of chance (``ln K``;
+            multi-label: ``ln 2``), or at the latest after :data:`isnet.defaults.HEATMAP_GATE_LIMIT`
+            of the trainer's epochs; until then the step computes no heatmaps.  ``None``: from the
+            first step (the paper).
     """
 
     monitor = SELECTION_METRIC  # warm-up epochs are never chosen as the best
@@ -117,13 +134,21 @@ class ISNetModule(SystemModule):
         variant: str = "full",
         selective_class: str = defaults.SELECTIVE_CLASS,
         deep_supervision: bool = False,
+        background_swap: float | None = None,
+        range_follows: bool = defaults.RANGE_FOLLOWS,
+        heatmap_gate: float | None = defaults.HEATMAP_GATE,
     ) -> None:
         super().__init__()
         check_optimisation(optimizer, lr_schedule, warmup_epochs)
         check_variant(variant, multilabel)
         check_selective_class(selective_class)
+        if heatmap_gate is not None and not (isinstance(heatmap_gate, (int, float)) and 0 < heatmap_gate <= 1):
+            raise ValueError(f"heatmap_gate must be in (0, 1] or None (no gate), got {heatmap_gate!r}")
         if not (isinstance(heatmap_warmup_epochs, (int, float)) and heatmap_warmup_epochs >= 0):
             raise ValueError(f"heatmap_warmup_epochs must be a number >= 0, got {heatmap_warmup_epochs!r}")
+        if background_swap is not None and not (isinstance(background_swap, (int, float))
+                                                and 0.0 <= background_swap <= 1.0):
+            raise ValueError(f"background_swap must be a share in [0, 1] or None (automatic), got {background_swap!r}")
         for name, value in (("C1", C1), ("C2", C2)):
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be positive or None (automatic), got {value!r}")
@@ -146,6 +171,10 @@ class ISNetModule(SystemModule):
         self.range_known = known  # whether the natural ranges in use are known
         self._extra_ranges: dict[str, tuple[float, float]] = {}  # the ranges of the map sets after the first
         self._relevance_stats: list[Tensor] = []  # (sets, 3): n, sum, sum of squares of g over the warm-up's last epoch
+        self._epoch_stats: Tensor | None = None  # (sets, 3), the same over the current epoch once the range is known
+        # optimiser step at which the heatmap loss's warm-up starts (None: the gate is still closed)
+        self._heatmap_start: int | None = None if self.uses_heatmaps and heatmap_gate is not None else 0
+        self._gate_stats = torch.zeros(2, dtype=torch.float64)  # sum of L_C * images, images, this epoch
         self._logit_seed: int | None = None
         self._logit_generator: torch.Generator | None = None
         if variant in RANDOM:  # drawn after the weights: the same initialisation as the full ISNet's
@@ -180,6 +209,14 @@ class ISNetModule(SystemModule):
     def uses_heatmaps(self) -> bool:
         return self.hparams.P > 0
 
+    @property
+    def background_swap(self) -> float:
+        """Share of training images put on another image's background (the resolved ``background_swap``)."""
+        value = self.hparams.get("background_swap")
+        if value is None:
+            return defaults.BACKGROUND_SWAP if self.uses_heatmaps else 0.0
+        return float(value)
+
     def _layout(self, images: Tensor) -> Tensor:
         if self.hparams.get("channels_last", False) and images.dim() == 4:
             return images.contiguous(memory_format=torch.channels_last)
@@ -204,10 +241,23 @@ class ISNetModule(SystemModule):
             return 0
         return max(1, round(epochs * self._steps_per_epoch()))
 
+    @property
+    def heatmap_start(self) -> int | None:
+        """Optimiser step at which the heatmap loss's warm-up starts (0 without a gate or outside a
+        trainer; ``None`` while the gate is closed)."""
+        return 0 if self._trainer is None else self._heatmap_start
+
     def heatmap_weight(self, step: int | None = None) -> float:
-        """``P`` at optimiser step ``step`` (default: the current one): ``P * step / warm-up steps``
-        during the heatmap-loss warm-up, ``P`` after it."""
-        return warmup_weight(self.global_step if step is None else step, float(self.hparams.P), self.warmup_steps())
+        """``P`` at optimiser step ``step`` (default: the current one): 0 while the gate is closed, then
+        ``P * (step - start) / warm-up steps`` during the heatmap-loss warm-up, ``P`` after it."""
+        step = self.global_step if step is None else step
+        start = self.heatmap_start
+        if start is None or step < start:
+            return 0.0
+        return warmup_weight(step - start, float(self.hparams.P), self.warmup_steps())
+
+    def _gate_open(self) -> bool:
+        return self.heatmap_start is not None and self.global_step >= self.heatmap_start
 
     def set_natural_range(self, C1: float, C2: float) -> None:
         """Fix the foreground loss's range ``[C1, C2]`` (kept in checkpoints); with several sets of
@@ -248,7 +298,7 @@ class ISNetModule(SystemModule):
         current = torch.stack([foreground_moments(h, m) for h, m in zip(maps, masks)])  # (sets, 3)
         if self._trainer is not None:
             # observe one epoch: the warm-up's last, or the first when there is no warm-up
-            step, per_epoch = self.global_step, self._steps_per_epoch()
+            step, per_epoch = self.global_step - (self.heatmap_start or 0), self._steps_per_epoch()
             end = max(self.warmup_steps(), round(per_epoch))
             if step < end:
                 if step >= end - per_epoch:
@@ -259,6 +309,48 @@ class ISNetModule(SystemModule):
         if self._trainer is not None and self.trainer.world_size > 1:
             stats = self.trainer.strategy.reduce(stats, reduce_op="sum")  # every process gets the same range
         self._set_ranges_from(stats)
+
+    def on_train_epoch_end(self) -> None:
+        if self.uses_heatmaps and self._heatmap_start is None:
+            self._check_gate()
+        stats, self._epoch_stats = self._epoch_stats, None
+        if stats is None or not self.range_known:
+            return
+        if self.trainer.world_size > 1:
+            stats = self.trainer.strategy.reduce(stats, reduce_op="sum")
+        self.widen_natural_ranges(stats)
+
+    def _check_gate(self) -> None:
+        """Open the gate after this epoch if the classifier has learned enough, or time is up."""
+        stats, self._gate_stats = self._gate_stats, torch.zeros(2, dtype=torch.float64)
+        if self.trainer.world_size > 1:  # every process takes the same decision
+            stats = self.trainer.strategy.reduce(stats.to(self.device), reduce_op="sum").cpu()
+        chance = math.log(2.0) if self.hparams.multilabel else math.log(self.hparams.num_classes)
+        learned = stats[1] > 0 and float(stats[0] / stats[1]) < self.hparams.heatmap_gate * chance
+        limit = math.ceil(defaults.HEATMAP_GATE_LIMIT * (self.trainer.max_epochs or 1))
+        if learned or self.current_epoch + 1 >= limit:
+            self._heatmap_start = self.global_step
+
+    def widen_natural_ranges(self, stats: Tensor) -> None:
+        """Raise every automatic range to the one measured from moments ``(sets, 3)`` where that is
+        higher: ``C1`` and ``C2`` each the larger of old and new; given ``C1``, ``C2`` stay."""
+        hp = self.hparams
+        old = self.natural_ranges
+        ranges = {}
+        for name, (n, total_g, total_sq) in zip(self.map_names, stats.tolist()):
+            mean = total_g / n
+            std = max(0.0, (total_sq - n * mean**2) / max(1.0, n - 1)) ** 0.5
+            try:
+                new = natural_range_from_moments(mean, std, n)
+            except ValueError:  # e.g. silenced heatmaps: keep the range, whose C1 pushes back
+                new = old[name]
+            ranges[name] = (max(old[name][0], new[0]), max(old[name][1], new[1]))
+        first = self.map_names[0]
+        ranges[first] = (hp.C1 if hp.C1 is not None else ranges[first][0],
+                         hp.C2 if hp.C2 is not None else ranges[first][1])
+        if not ranges[first][0] < ranges[first][1]:
+            ranges[first] = old[first]
+        self.set_natural_ranges(ranges)
 
     def _set_ranges_from(self, stats: Tensor) -> None:
         """Set every map set's range from its moments ``(sets, 3)`` (:func:`isnet.loss.natural_range`'s
@@ -308,15 +400,25 @@ class ISNetModule(SystemModule):
 
     def losses(self, batch: dict) -> tuple[dict[str, Tensor], Tensor]:
         images, masks, labels = self._layout(batch["image"]), batch["mask"], batch["label"]
-        if not self.uses_heatmaps:
+        if self.training and self.background_swap > 0:
+            images = self._layout(swap_batch_backgrounds(images, masks, self.background_swap)[0])
+        if not self.uses_heatmaps or (self.training and not self._gate_open()):
             logits = self.net(images)
-            out = self.criterion(logits, labels, None, None)
+            out = self.criterion(logits, labels, None, None, P=0.0)
+            if self.training and self.uses_heatmaps:  # the gate is closed: classification alone
+                n = images.shape[0]
+                self._gate_stats += torch.tensor([out.classification.item() * n, n], dtype=torch.float64)
+                return {"loss": out.classification, "L_C": out.classification,
+                        "P": out.total.new_tensor(0.0)}, logits
             return {"loss": out.total, "L_C": out.classification}, logits
         logits, maps, levels = self._heatmaps(images)
         require_relevance(maps[0])
         masks_of = [masks if level == INPUT else pool_masks(masks, m.shape[-2:]) for m, level in zip(maps, levels)]
         if self.training and not self.range_known:
             self._update_natural_range(maps, masks_of)
+        elif self.training and self.hparams.get("range_follows", False) and self._trainer is not None:
+            current = torch.stack([foreground_moments(h.detach(), m) for h, m in zip(maps, masks_of)])
+            self._epoch_stats = current if self._epoch_stats is None else self._epoch_stats + current
         P = self.heatmap_weight() if self.training else float(self.hparams.P)
         if len(maps) == 1:
             out = self.criterion(logits, labels, maps[0], masks, P=P, foreground=self.range_known)
@@ -354,7 +456,9 @@ class ISNetModule(SystemModule):
         loss = super().validation_step(batch, batch_idx)
         # The best checkpoint is chosen among epochs trained with the full loss: a warm-up epoch's
         # model has not been trained against its background relevance yet.
-        settled = not self.uses_heatmaps or (self.range_known and self.global_step >= self.warmup_steps())
+        start = self.heatmap_start
+        settled = not self.uses_heatmaps or (self.range_known and start is not None
+                                             and self.global_step >= start + self.warmup_steps())
         self.log(SELECTION_METRIC, loss if settled else torch.full_like(loss, float("inf")),
                  batch_size=batch["image"].shape[0], on_step=False, on_epoch=True, logger=False, sync_dist=True)
         return loss
@@ -365,6 +469,7 @@ class ISNetModule(SystemModule):
             checkpoint["isnet_natural_range"] = [self.criterion.C1, self.criterion.C2]
             if len(self.map_names) > 1:
                 checkpoint["isnet_natural_ranges"] = {name: list(r) for name, r in self.natural_ranges.items()}
+        checkpoint["isnet_heatmap_start"] = self._heatmap_start
         if self._logit_generator is not None:
             checkpoint["isnet_logit_draws"] = {"seed": self._logit_seed, "state": self._logit_generator.get_state()}
 
@@ -374,6 +479,8 @@ class ISNetModule(SystemModule):
             self.set_natural_ranges({name: tuple(r) for name, r in checkpoint["isnet_natural_ranges"].items()})
         elif "isnet_natural_range" in checkpoint:
             self.set_natural_range(*checkpoint["isnet_natural_range"])
+        if "isnet_heatmap_start" in checkpoint:
+            self._heatmap_start = checkpoint["isnet_heatmap_start"]
         draws = checkpoint.get("isnet_logit_draws")
         if draws is not None and self._logit_generator is not None:
             self._logit_seed = int(draws["seed"])

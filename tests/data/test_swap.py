@@ -9,9 +9,11 @@ from isnet.data.swap import (
     SwappedBackgrounds,
     binary_mask,
     fill_foreground,
+    fill_foreground_batch,
     plan_swaps,
     scan_masks,
     swap_background,
+    swap_batch_backgrounds,
     swap_plan,
 )
 
@@ -206,3 +208,76 @@ def test_swapped_items_carry_the_recipients_label_mask_and_indices():
     assert len(swapped) == 2
     with pytest.raises(ValueError, match="equal-length"):
         SwappedBackgrounds(data, [1, 2], [0])
+
+
+# -- training-time swaps -----------------------------------------------------------------------
+
+
+def _boxes(n=6, size=20, seed=0):
+    """Images whose background has one value per image (i / 10) and whose foreground box is 1."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.arange(n, dtype=torch.float64).div(10).view(n, 1, 1, 1).repeat(1, 3, size, size)
+    masks = torch.zeros(n, 1, size, size, dtype=torch.float64)
+    for i in range(n):
+        top, left = torch.randint(0, size - 8, (2,), generator=g).tolist()
+        masks[i, :, top:top + 8, left:left + 5] = 1
+    images = torch.where(masks >= 0.5, torch.ones_like(images), images)
+    return images, masks
+
+
+def test_batch_fill_keeps_the_background_and_leaves_nothing_of_the_foreground():
+    images, masks = _boxes()
+    images = images + torch.rand(images.shape, dtype=images.dtype) * 0.05 * (masks < 0.5)  # textured backgrounds
+    filled = fill_foreground_batch(images, masks)
+    background = (masks < 0.5).expand_as(images)
+    assert torch.equal(filled[background], images[background])
+    for i in range(len(images)):  # every filled value is a mean of the image's own background values
+        values = images[i][background[i]]
+        inside = filled[i][~background[i]]
+        assert inside.min() >= values.min() - 1e-12 and inside.max() <= values.max() + 1e-12
+
+
+def test_batch_fill_leaves_an_image_without_background_unchanged():
+    images, masks = _boxes(n=2)
+    masks[1] = 1
+    assert torch.equal(fill_foreground_batch(images, masks)[1], images[1])
+
+
+def test_batch_swap_keeps_foregrounds_and_takes_another_images_background():
+    images, masks = _boxes()
+    swapped, which = swap_batch_backgrounds(images, masks, 1.0, generator=torch.Generator().manual_seed(3))
+    assert which.all()
+    fg = (masks >= 0.5).expand_as(images)
+    assert torch.equal(swapped[fg], images[fg])
+    donors = []
+    for i in range(len(images)):
+        values = swapped[i][~fg[i]]
+        assert values.max() - values.min() < 1e-12  # one donor's (filled) background, exactly
+        donor = round(values.mean().item() * 10)
+        assert donor != i
+        donors.append(donor)
+    assert sorted(donors) == list(range(len(images)))  # one cycle: every background given once
+
+
+def test_batch_swap_keeps_images_it_cannot_swap_and_respects_the_fraction():
+    images, masks = _boxes(n=4)
+    masks[0] = 0  # no mask: nothing to keep
+    masks[1] = 1  # all foreground: nothing to replace, and no background to give
+    swapped, which = swap_batch_backgrounds(images, masks, 1.0, generator=torch.Generator().manual_seed(0))
+    assert not which[0] and not which[1]
+    assert torch.equal(swapped[:2], images[:2])
+    none, which = swap_batch_backgrounds(images, masks, 0.0)
+    assert not which.any() and torch.equal(none, images)
+    many = torch.stack([swap_batch_backgrounds(*_boxes(n=8, seed=s), 0.5, generator=torch.Generator().manual_seed(s))[1]
+                        for s in range(200)]).float().mean()
+    assert 0.4 < many < 0.6
+
+
+def test_batch_swap_rejects_bad_input():
+    images, masks = _boxes(n=2)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        swap_batch_backgrounds(images, masks, 1.5)
+    with pytest.raises(ValueError, match="masks"):
+        swap_batch_backgrounds(images, masks[:, :, :10])
+    with pytest.raises(ValueError, match="masks"):
+        fill_foreground_batch(images, masks[:1])

@@ -142,7 +142,8 @@ def test_warmup_and_automatic_range_in_training(data, tmp_path):
     warm-up's last epoch, kept in the checkpoint and used from then on; warm-up epochs are not chosen."""
     steps = len(data.train_dataloader())  # 6 steps per epoch
     L.seed_everything(0, verbose=False)
-    module = ISNetModule("small_cnn", 3, P=0.6, arch_kwargs={"width": 4}, heatmap_warmup_epochs=2)
+    module = ISNetModule("small_cnn", 3, P=0.6, arch_kwargs={"width": 4}, heatmap_warmup_epochs=2, range_follows=False,
+                         heatmap_gate=None)
     assert not module.range_known
     module, best = train(module, data, tmp_path, max_epochs=3, progress=False)
     rows = list(csv.DictReader((tmp_path / "logs" / "metrics.csv").open()))
@@ -175,7 +176,8 @@ def test_natural_range_without_warmup_comes_from_the_first_batch(data):
     from isnet.loss import foreground_relevance, natural_range, prepare_masks
 
     L.seed_everything(0, verbose=False)
-    module = ISNetModule("small_cnn", 3, arch_kwargs={"width": 4}, heatmap_warmup_epochs=0).double()
+    module = ISNetModule("small_cnn", 3, arch_kwargs={"width": 4}, heatmap_warmup_epochs=0,
+                         background_swap=0).double()  # the range of these very images
     batch = next(iter(data.train_dataloader()))
     batch = {**batch, "image": batch["image"].double()}
     with torch.no_grad():
@@ -234,9 +236,125 @@ def test_isnet_with_the_defaults_learns_from_a_random_start(tmp_path):
 def test_without_warmup_the_range_comes_from_the_first_epoch(data, tmp_path):
     """Full P from the first step; L2 is left out (logged 0) until C1, C2 are set at the first epoch's end."""
     L.seed_everything(0, verbose=False)
-    module = ISNetModule("small_cnn", 3, P=0.6, arch_kwargs={"width": 4}, heatmap_warmup_epochs=0)
+    module = ISNetModule("small_cnn", 3, P=0.6, arch_kwargs={"width": 4}, heatmap_warmup_epochs=0,
+                         range_follows=False, heatmap_gate=None)
     train(module, data, tmp_path, max_epochs=2, progress=False)
     rows = [r for r in csv.DictReader((tmp_path / "logs" / "metrics.csv").open()) if r.get("train/P")]
     assert [float(r["train/P"]) for r in rows] == pytest.approx([0.6, 0.6])
     assert float(rows[1]["train/C2"]) == pytest.approx(module.criterion.C2, rel=1e-5)
     assert module.range_known and 0 < module.criterion.C1 < module.criterion.C2
+
+
+def _background_coded(n=24, size=16):
+    """The class is the background's colour; every foreground (a centred box) is the same grey."""
+    labels = torch.arange(n) % 3
+    images = torch.full((n, 3, size, size), 0.1)
+    for i, k in enumerate(labels.tolist()):
+        images[i, k] = 0.9
+    masks = torch.zeros(n, 1, size, size)
+    masks[:, :, 4:12, 4:12] = 1
+    images = torch.where(masks >= 0.5, torch.full_like(images, 0.5), images)
+    return {"image": images, "mask": masks, "label": labels}
+
+
+@pytest.mark.parametrize("swap, learns", [(0.0, True), (1.0, False)])
+def test_background_swap_makes_a_background_shortcut_unlearnable(swap, learns):
+    torch.manual_seed(0)
+    batch = _background_coded()
+    module = ISNetModule("small_cnn", 3, arch_kwargs={"width": 4}, P=0.0, background_swap=swap, channels_last=False)
+    optimiser = torch.optim.Adam(module.parameters(), lr=1e-2)
+    module.train()
+    for _ in range(60):
+        optimiser.zero_grad()
+        module.losses(batch)[0]["loss"].backward()
+        optimiser.step()
+    module.eval()
+    with torch.no_grad():
+        accuracy = (module(batch["image"]).argmax(1) == batch["label"]).float().mean().item()
+    assert (accuracy == 1.0) if learns else (accuracy < 0.6)
+
+
+def test_background_swap_defaults_to_every_image_for_an_isnet_and_none_for_a_standard_classifier():
+    assert ISNetModule("small_cnn", 3, arch_kwargs={"width": 4}).background_swap == 1.0
+    assert ISNetModule("small_cnn", 3, arch_kwargs={"width": 4}, P=0.0).background_swap == 0.0
+    assert ISNetModule("small_cnn", 3, arch_kwargs={"width": 4}, P=0.0, background_swap=0.5).background_swap == 0.5
+    with pytest.raises(ValueError, match="background_swap"):
+        ISNetModule("small_cnn", 3, background_swap=2.0)
+
+
+def test_validation_sees_the_original_images():
+    batch = _background_coded(n=6)
+    module = ISNetModule("small_cnn", 3, arch_kwargs={"width": 4}, P=0.0, background_swap=1.0).eval()
+    with torch.no_grad():
+        first, _ = module.losses(batch)
+        second, _ = module.losses(batch)
+        expected = torch.nn.functional.cross_entropy(module(batch["image"]), batch["label"])
+    assert first["loss"].item() == second["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_a_following_range_is_measured_each_epoch_and_never_lowered(data, tmp_path):
+    L.seed_everything(0, verbose=False)
+    module = ISNetModule("small_cnn", 3, P=0.6, arch_kwargs={"width": 4}, heatmap_warmup_epochs=1, heatmap_gate=None)
+    module, _ = train(module, data, tmp_path, max_epochs=5, progress=False)
+    rows = [r for r in csv.DictReader((tmp_path / "logs" / "metrics.csv").open()) if r.get("train/C1")]
+    # set at the warm-up's end, then constant within an epoch and raised (or kept) between epochs
+    seen = [(float(r["train/C1"]), float(r["train/C2"])) for r in rows[1:]] + [module.natural_ranges["input"]]
+    assert len(seen) == 5
+    for (c1, c2), (d1, d2) in zip(seen, seen[1:]):
+        assert d1 >= c1 * (1 - 1e-6) and d2 >= c2 * (1 - 1e-6) and d1 < d2
+    assert seen[-1] != pytest.approx(seen[0])  # measured again, not frozen
+
+
+def test_widening_raises_automatic_ranges_only():
+    module = ISNetModule("small_cnn", 3, arch_kwargs={"width": 4})
+    module.set_natural_range(1.0, 10.0)
+
+    def moments(values):
+        g = torch.tensor(values, dtype=torch.float64)
+        return torch.stack([g.new_tensor(len(g)), g.sum(), (g * g).sum()]).view(1, 3)
+
+    module.widen_natural_ranges(moments([20.0, 22.0, 24.0]))  # mean 22, std 2: (16, 28)
+    assert module.natural_ranges["input"] == pytest.approx((16.0, 28.0))
+    module.widen_natural_ranges(moments([1.0, 1.5, 2.0]))  # lower: nothing changes
+    assert module.natural_ranges["input"] == pytest.approx((16.0, 28.0))
+    given = ISNetModule("small_cnn", 3, arch_kwargs={"width": 4}, C1=1.0, C2=10.0)
+    given.widen_natural_ranges(moments([20.0, 22.0, 24.0]))
+    assert given.natural_ranges["input"] == (1.0, 10.0)
+
+
+def test_the_gate_opens_when_the_classifier_has_learned_or_time_is_up():
+    from types import SimpleNamespace
+
+    module = ISNetModule("small_cnn", 3, arch_kwargs={"width": 4}, P=0.5, heatmap_gate=0.7, heatmap_warmup_epochs=0)
+    fake = SimpleNamespace(world_size=1, max_epochs=9, current_epoch=0, global_step=12)
+    module._trainer = fake
+
+    def epoch_ends(mean_loss, epoch, step):
+        fake.current_epoch, fake.global_step = epoch, step
+        module._gate_stats = torch.tensor([mean_loss * 10, 10], dtype=torch.float64)
+        module._check_gate()
+        return module.heatmap_start
+
+    assert module.heatmap_start is None and module.heatmap_weight(12) == 0.0
+    assert epoch_ends(0.9, 0, 12) is None  # above 0.7 ln 3 = 0.769: still closed
+    assert epoch_ends(0.75, 1, 24) == 24  # below: the heatmap loss starts at the next step
+    assert module.heatmap_weight(23) == 0.0 and module.heatmap_weight(24) == 0.5
+    module._heatmap_start = None
+    assert epoch_ends(1.0, 2, 36) == 36  # not learned, but a third of the 9 epochs has passed
+    assert ISNetModule("small_cnn", 3, arch_kwargs={"width": 4}, P=0.0).heatmap_weight(0) == 0.0
+    with pytest.raises(ValueError, match="heatmap_gate"):
+        ISNetModule("small_cnn", 3, heatmap_gate=0.0)
+
+
+def test_a_closed_gate_trains_the_classifier_alone_and_its_opening_is_kept_in_checkpoints(data, tmp_path):
+    L.seed_everything(0, verbose=False)
+    module = ISNetModule("small_cnn", 3, P=0.6, arch_kwargs={"width": 4}, heatmap_warmup_epochs=1,
+                         heatmap_gate=1e-6)  # never reached: opens after the first third of the epochs
+    steps = len(data.train_dataloader())
+    module, best = train(module, data, tmp_path, max_epochs=6, progress=False)
+    rows = [r for r in csv.DictReader((tmp_path / "logs" / "metrics.csv").open()) if r.get("train/P")]
+    assert [float(r["train/P"]) for r in rows[:2]] == [0.0, 0.0] and float(rows[2]["train/P"]) > 0
+    assert not rows[1].get("train/L1") and rows[2].get("train/L1")  # no heatmaps while closed
+    assert module.heatmap_start == 2 * steps
+    assert int(best.name.split("=")[1].split(".")[0]) >= 3  # chosen after the warm-up (epoch 2)
+    assert ISNetModule.load_from_checkpoint(best)._heatmap_start == 2 * steps

@@ -150,7 +150,7 @@ def test_dual_loss_has_both_rules_background_losses_and_a_range_per_rule():
     from isnet.loss import ISNetLoss
 
     torch.manual_seed(0)
-    module = build("isnet_dual", P=0.6).train()
+    module = build("isnet_dual", P=0.6, background_swap=0).train()
     batch = tiny_batch(n=6, size=32)
     module.training_step(batch, 0)  # sets the ranges (outside a trainer: from the first batch)
     ranges = module.natural_ranges
@@ -170,7 +170,7 @@ def test_deep_supervision_pools_masks_to_each_layer_and_penalises_the_engine_rel
     from isnet.loss import ISNetLoss
 
     torch.manual_seed(0)
-    module = build(variant="stochastic", deep_supervision=True, P=0.5).train()
+    module = build(variant="stochastic", deep_supervision=True, P=0.5, background_swap=0).train()
     batch = tiny_batch(n=4, size=32)
     module.training_step(batch, 0)  # ranges from the first batch
     state = module._logit_generator.get_state()

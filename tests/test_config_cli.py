@@ -28,6 +28,8 @@ def test_paper_settings_in_the_configs():
     assert by_name["dog_breeds"]["data"]["augment"] is False
     assert by_name["facial_attributes"]["model"]["multilabel"] and by_name["facial_attributes"]["model"]["d"] == 0.996
     assert (by_name["chexpert"]["model"]["w2"], by_name["chexpert"]["model"]["C1"]) == (1.0, 0.1)
+    for cfg in by_name.values():  # the paper's ISNet: no swap, heatmap loss from the first step
+        assert cfg["model"]["background_swap"] == 0 and cfg["model"]["heatmap_gate"] is None
 
 
 def test_broken_configs_name_the_problem(tmp_path):

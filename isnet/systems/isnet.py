@@ -40,6 +40,14 @@ def warmup_weight(step: int, P: float, warmup_steps: int) -> float:
     return P if step >= warmup_steps else P * step / warmup_steps
 
 
+def _range_of(moments: Sequence[float]) -> tuple[float, float]:
+    """The automatic ``(C1, C2)`` of values with moments ``(n, sum, sum of squares)``."""
+    n, total, total_sq = moments
+    mean = total / n
+    std = max(0.0, (total_sq - n * mean**2) / max(1.0, n - 1)) ** 0.5
+    return natural_range_from_moments(mean, std, n)
+
+
 SELECTION_METRIC = "selection_loss"
 """Validation loss of the epochs that may be chosen as the best (inf during a heatmap-loss warm-up)."""
 
@@ -337,11 +345,9 @@ class ISNetModule(SystemModule):
         hp = self.hparams
         old = self.natural_ranges
         ranges = {}
-        for name, (n, total_g, total_sq) in zip(self.map_names, stats.tolist()):
-            mean = total_g / n
-            std = max(0.0, (total_sq - n * mean**2) / max(1.0, n - 1)) ** 0.5
+        for name, moments in zip(self.map_names, stats.tolist()):
             try:
-                new = natural_range_from_moments(mean, std, n)
+                new = _range_of(moments)
             except ValueError:  # e.g. silenced heatmaps: keep the range, whose C1 pushes back
                 new = old[name]
             ranges[name] = (max(old[name][0], new[0]), max(old[name][1], new[1]))
@@ -357,10 +363,8 @@ class ISNetModule(SystemModule):
         rule); given ``C1``, ``C2`` win for the first set."""
         hp = self.hparams
         ranges = {}
-        for name, (n, total_g, total_sq) in zip(self.map_names, stats.tolist()):
-            mean = total_g / n
-            std = max(0.0, (total_sq - n * mean**2) / max(1.0, n - 1)) ** 0.5
-            ranges[name] = natural_range_from_moments(mean, std, n)
+        for name, moments in zip(self.map_names, stats.tolist()):
+            ranges[name] = _range_of(moments)
         first = ranges[self.map_names[0]]
         ranges[self.map_names[0]] = (hp.C1 if hp.C1 is not None else first[0], hp.C2 if hp.C2 is not None else first[1])
         self.set_natural_ranges(ranges)

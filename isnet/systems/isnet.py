@@ -483,8 +483,8 @@ class ISNetModule(SystemModule):
             self.set_natural_ranges({name: tuple(r) for name, r in checkpoint["isnet_natural_ranges"].items()})
         elif "isnet_natural_range" in checkpoint:
             self.set_natural_range(*checkpoint["isnet_natural_range"])
-        if "isnet_heatmap_start" in checkpoint:
-            self._heatmap_start = checkpoint["isnet_heatmap_start"]
+        if self.uses_heatmaps:  # checkpoints from before the gate had the heatmap loss from the first step
+            self._heatmap_start = checkpoint.get("isnet_heatmap_start", 0)
         draws = checkpoint.get("isnet_logit_draws")
         if draws is not None and self._logit_generator is not None:
             self._logit_seed = int(draws["seed"])

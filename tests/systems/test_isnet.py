@@ -358,3 +358,7 @@ def test_a_closed_gate_trains_the_classifier_alone_and_its_opening_is_kept_in_ch
     assert module.heatmap_start == 2 * steps
     assert int(best.name.split("=")[1].split(".")[0]) >= 3  # chosen after the warm-up (epoch 2)
     assert ISNetModule.load_from_checkpoint(best)._heatmap_start == 2 * steps
+    older = torch.load(best, weights_only=False)
+    del older["isnet_heatmap_start"]  # a checkpoint from before the gate: heatmap loss from the start
+    torch.save(older, tmp_path / "older.ckpt")
+    assert ISNetModule.load_from_checkpoint(tmp_path / "older.ckpt")._heatmap_start == 0

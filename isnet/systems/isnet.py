@@ -182,7 +182,7 @@ class ISNetModule(SystemModule):
         self._epoch_stats: Tensor | None = None  # (sets, 3), the same over the current epoch once the range is known
         # optimiser step at which the heatmap loss's warm-up starts (None: the gate is still closed)
         self._heatmap_start: int | None = None if self.uses_heatmaps and heatmap_gate is not None else 0
-        self._gate_stats = torch.zeros(2, dtype=torch.float64)  # sum of L_C * images, images, this epoch
+        self._gate_stats: Tensor | None = None  # (2,): sum of L_C * images, images, this epoch (on the device)
         self._logit_seed: int | None = None
         self._logit_generator: torch.Generator | None = None
         if variant in RANDOM:  # drawn after the weights: the same initialisation as the full ISNet's
@@ -328,11 +328,21 @@ class ISNetModule(SystemModule):
             stats = self.trainer.strategy.reduce(stats, reduce_op="sum")
         self.widen_natural_ranges(stats)
 
+    @property
+    def _range_follows(self) -> bool:
+        """Whether some range is automatic and follows the model (none does when C1 and C2 fix the only set)."""
+        hp = self.hparams
+        given = hp.C1 is not None and hp.C2 is not None and len(self.map_names) == 1
+        return bool(hp.get("range_follows", False)) and not given
+
     def _check_gate(self) -> None:
         """Open the gate after this epoch if the classifier has learned enough, or time is up."""
-        stats, self._gate_stats = self._gate_stats, torch.zeros(2, dtype=torch.float64)
+        stats, self._gate_stats = self._gate_stats, None
+        if stats is None:
+            stats = torch.zeros(2, device=self.device)
         if self.trainer.world_size > 1:  # every process takes the same decision
-            stats = self.trainer.strategy.reduce(stats.to(self.device), reduce_op="sum").cpu()
+            stats = self.trainer.strategy.reduce(stats, reduce_op="sum")
+        stats = stats.double().cpu()
         chance = math.log(2.0) if self.hparams.multilabel else math.log(self.hparams.num_classes)
         learned = stats[1] > 0 and float(stats[0] / stats[1]) < self.hparams.heatmap_gate * chance
         limit = math.ceil(defaults.HEATMAP_GATE_LIMIT * (self.trainer.max_epochs or 1))
@@ -342,7 +352,6 @@ class ISNetModule(SystemModule):
     def widen_natural_ranges(self, stats: Tensor) -> None:
         """Raise every automatic range to the one measured from moments ``(sets, 3)`` where that is
         higher: ``C1`` and ``C2`` each the larger of old and new; given ``C1``, ``C2`` stay."""
-        hp = self.hparams
         old = self.natural_ranges
         ranges = {}
         for name, moments in zip(self.map_names, stats.tolist()):
@@ -351,23 +360,23 @@ class ISNetModule(SystemModule):
             except ValueError:  # e.g. silenced heatmaps: keep the range, whose C1 pushes back
                 new = old[name]
             ranges[name] = (max(old[name][0], new[0]), max(old[name][1], new[1]))
+        ranges = self._with_given(ranges)
         first = self.map_names[0]
-        ranges[first] = (hp.C1 if hp.C1 is not None else ranges[first][0],
-                         hp.C2 if hp.C2 is not None else ranges[first][1])
         if not ranges[first][0] < ranges[first][1]:
             ranges[first] = old[first]
         self.set_natural_ranges(ranges)
 
+    def _with_given(self, ranges: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        """``ranges`` with the given ``C1``, ``C2`` in place of the first set's measured ones."""
+        hp, first = self.hparams, self.map_names[0]
+        c1, c2 = ranges[first]
+        return {**ranges, first: (hp.C1 if hp.C1 is not None else c1, hp.C2 if hp.C2 is not None else c2)}
+
     def _set_ranges_from(self, stats: Tensor) -> None:
         """Set every map set's range from its moments ``(sets, 3)`` (:func:`isnet.loss.natural_range`'s
         rule); given ``C1``, ``C2`` win for the first set."""
-        hp = self.hparams
-        ranges = {}
-        for name, moments in zip(self.map_names, stats.tolist()):
-            ranges[name] = _range_of(moments)
-        first = ranges[self.map_names[0]]
-        ranges[self.map_names[0]] = (hp.C1 if hp.C1 is not None else first[0], hp.C2 if hp.C2 is not None else first[1])
-        self.set_natural_ranges(ranges)
+        measured = {name: _range_of(moments) for name, moments in zip(self.map_names, stats.tolist())}
+        self.set_natural_ranges(self._with_given(measured))
 
     @torch.no_grad()
     def estimate_natural_ranges(self, loader: Any, batches: int | None = None) -> dict[str, tuple[float, float]]:
@@ -411,7 +420,8 @@ class ISNetModule(SystemModule):
             out = self.criterion(logits, labels, None, None, P=0.0)
             if self.training and self.uses_heatmaps:  # the gate is closed: classification alone
                 n = images.shape[0]
-                self._gate_stats += torch.tensor([out.classification.item() * n, n], dtype=torch.float64)
+                current = torch.stack([out.classification.detach() * n, out.classification.new_tensor(float(n))])
+                self._gate_stats = current if self._gate_stats is None else self._gate_stats + current
                 return {"loss": out.classification, "L_C": out.classification,
                         "P": out.total.new_tensor(0.0)}, logits
             return {"loss": out.total, "L_C": out.classification}, logits
@@ -420,7 +430,7 @@ class ISNetModule(SystemModule):
         masks_of = [masks if level == INPUT else pool_masks(masks, m.shape[-2:]) for m, level in zip(maps, levels)]
         if self.training and not self.range_known:
             self._update_natural_range(maps, masks_of)
-        elif self.training and self.hparams.get("range_follows", False) and self._trainer is not None:
+        elif self.training and self._range_follows and self._trainer is not None:
             current = torch.stack([foreground_moments(h.detach(), m) for h, m in zip(maps, masks_of)])
             self._epoch_stats = current if self._epoch_stats is None else self._epoch_stats + current
         P = self.heatmap_weight() if self.training else float(self.hparams.P)

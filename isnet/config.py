@@ -128,9 +128,10 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> dict[
     for key in ("deep_supervision", "range_follows"):
         if key in config["model"] and not isinstance(config["model"][key], bool):
             raise ConfigError(f"model.{key} must be true or false, got {config['model'][key]!r}")
-    swap = config["model"].get("background_swap")
-    if swap is not None and (isinstance(swap, bool) or not isinstance(swap, (int, float)) or not 0 <= swap <= 1):
-        raise ConfigError(f"model.background_swap must be a share in [0, 1] (or null: automatic), got {swap!r}")
+    for key, what in (("background_swap", "a share"), ("background_jitter", "a strength")):
+        value = config["model"].get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1):
+            raise ConfigError(f"model.{key} must be {what} in [0, 1] (or null: automatic), got {value!r}")
     config["model"].setdefault("method", "isnet")
     config.setdefault("seed_everything", 0)
     config.setdefault("out", "runs/isnet")

@@ -83,6 +83,14 @@ AUTO_C2_RATIO: float = 25.0
 #: -0.022 (README "Your data").
 BACKGROUND_SWAP: float = 1.0
 
+#: Strength in [0, 1] of a random tone curve, contrast, brightness and noise given to every swapped
+#: background (``background_jitter``, not a setting of the paper): the swap shows the ISNet only the
+#: backgrounds of its training sources, and a background unlike all of them (a new scanner, another
+#: site) can still move its decisions; the jitter asks for decisions that hold under such changes.
+#: On the radiograph benchmark's unseen sources (seed 0) the ISNet's external macro-F1 rose from 0.673
+#: (swap alone) to 0.993, its background share of relevance there fell from 21% to 6% (README "Training").
+BACKGROUND_JITTER: float = 1.0
+
 #: ISNetModule's (``isnet fit --method isnet`` / ``standard``) optimiser: Adam, beta1 0.9, learning
 #: rate 1e-3, cosine-annealed to 0 over the run.  Not the paper's: on small data from a random start
 #: SGD with momentum 0.99 let the ISNet's accuracy collapse to chance after 23 epochs (spikes of the

@@ -56,6 +56,9 @@ def test_broken_configs_name_the_problem(tmp_path):
     with pytest.raises(ConfigError, match="model.range_follows must be true or false"):
         load_config(None, ["data.root=x", "model.range_follows=maybe"])
     assert load_config(None, ["data.root=x", "model.background_swap=0.5"])["model"]["background_swap"] == 0.5
+    with pytest.raises(ConfigError, match=r"model.background_jitter must be a strength in \[0, 1\]"):
+        load_config(None, ["data.root=x", "model.background_jitter=true"])
+    assert load_config(None, ["data.root=x", "model.background_jitter=0.3"])["model"]["background_jitter"] == 0.3
 
 
 def test_fit_test_export_round_trip(tmp_path):

@@ -292,8 +292,63 @@ def check_batch(images: Tensor, masks: Tensor) -> None:
                          f"size, got {tuple(images.shape)} and {tuple(masks.shape)}")
 
 
+JITTER_GAMMA = 0.5
+"""At jitter strength 1, ``log(gamma)`` of a background's tone curve is uniform in ``[-0.5, 0.5]``."""
+JITTER_CONTRAST = 0.4
+"""At strength 1, a background's contrast about its mean is scaled by a factor uniform in ``1 -/+ 0.4``."""
+JITTER_SHIFT = 0.15
+"""At strength 1, a background's brightness shifts by up to ``0.15`` (images in ``[0, 1]``)."""
+JITTER_NOISE = 0.05
+"""At strength 1, a background gets Gaussian noise of a standard deviation uniform in ``[0, 0.05]``."""
+
+
+def jitter_backgrounds(images: Tensor, masks: Tensor, which: Tensor, strength: float = 1.0, *,
+                       generator: torch.Generator | None = None) -> Tensor:
+    """Random tone, contrast, brightness and noise for the backgrounds of some images of a batch.
+
+    Each chosen image's background pixels (mask ``< 0.5``), all channels alike, go through
+    ``v -> m + a (v^gamma - m) + b + noise`` with its own random ``gamma``, contrast ``a``, shift
+    ``b`` and noise level (ranges: the ``JITTER_*`` constants times ``strength``; ``m`` the mean of
+    the background after the tone curve), clipped to the batch's value range.  Foreground pixels
+    are kept exactly.  Values below 0 are treated as 0 by the tone curve (images in ``[0, 1]``).
+
+    Args:
+        images: ``(B, C, H, W)``.
+        masks: ``(B, 1, H, W)``, foreground ``>= 0.5``.
+        which: ``(B,)`` bool, the images to jitter.
+        strength: in ``[0, 1]``; 0 returns ``images``.
+        generator: CPU random generator of the draws (default: torch's global one).
+
+    Returns:
+        ``(B, C, H, W)``, ``images``' dtype and device.
+    """
+    check_batch(images, masks)
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"the background jitter strength must lie in [0, 1], got {strength!r}")
+    if strength == 0:
+        return images
+    batch = images.shape[0]
+
+    def uniform(low: float, high: float) -> Tensor:
+        draw = torch.rand(batch, generator=generator) * (high - low) + low
+        return draw.to(device=images.device, dtype=images.dtype).view(-1, 1, 1, 1)
+
+    gamma = torch.exp(uniform(-JITTER_GAMMA * strength, JITTER_GAMMA * strength))
+    contrast = uniform(1 - JITTER_CONTRAST * strength, 1 + JITTER_CONTRAST * strength)
+    shift = uniform(-JITTER_SHIFT * strength, JITTER_SHIFT * strength)
+    sigma = uniform(0.0, JITTER_NOISE * strength)
+    noise = torch.randn((batch, 1, *images.shape[-2:]), generator=generator).to(images.device, images.dtype)
+    background = (masks < 0.5).to(images.dtype)
+    toned = images.clamp_min(0) ** gamma
+    count = (background.sum((1, 2, 3), keepdim=True) * images.shape[1]).clamp_min(1)
+    mean = (toned * background).sum((1, 2, 3), keepdim=True) / count
+    jittered = (mean + contrast * (toned - mean) + shift + sigma * noise).clamp(images.min(), images.max())
+    chosen = which.to(images.device).view(-1, 1, 1, 1) & (masks < 0.5)
+    return torch.where(chosen, jittered, images)
+
+
 def swap_batch_backgrounds(images: Tensor, masks: Tensor, fraction: float = 1.0, *,
-                           generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+                           generator: torch.Generator | None = None, jitter: float = 0.0) -> tuple[Tensor, Tensor]:
     """Put a share of a batch's foregrounds on the backgrounds of other images of the batch.
 
     The donors are a random cyclic order of the batch (no image is its own donor when the batch
@@ -307,11 +362,15 @@ def swap_batch_backgrounds(images: Tensor, masks: Tensor, fraction: float = 1.0,
         masks: ``(B, 1, H, W)``, foreground ``>= 0.5``.
         fraction: probability in ``[0, 1]`` that an image is swapped.
         generator: CPU random generator of the draws (default: torch's global one).
+        jitter: strength in ``[0, 1]`` of a random tone, contrast, brightness and noise change
+            of every swapped background (:func:`jitter_backgrounds`); 0: none.
 
     Returns:
         ``(swapped images (B, C, H, W), which were swapped (B,) bool)``.
     """
     check_batch(images, masks)
+    if not 0.0 <= jitter <= 1.0:
+        raise ValueError(f"the background jitter strength must lie in [0, 1], got {jitter!r}")
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"the background-swap fraction must lie in [0, 1], got {fraction!r}")
     batch = images.shape[0]
@@ -328,4 +387,6 @@ def swap_batch_backgrounds(images: Tensor, masks: Tensor, fraction: float = 1.0,
     donors = donors.to(images.device)
     backgrounds = fill_foreground_batch(images[donors], masks[donors])
     out = torch.where(fg | ~swapped.view(-1, 1, 1, 1), images, backgrounds)
+    if jitter > 0:
+        out = jitter_backgrounds(out, masks, swapped, jitter, generator=generator)
     return out, swapped

@@ -98,6 +98,9 @@ class ISNetModule(SystemModule):
             (automatic): :data:`isnet.defaults.BACKGROUND_SWAP` for an ISNet, 0 for a standard
             classifier (``P = 0``), so that the standard classifier stays the plain baseline.
             Validation and tests see the original images.
+        background_jitter: strength in ``[0, 1]`` of a random tone curve, contrast, brightness and
+            noise given to every swapped background (:func:`isnet.data.swap.jitter_backgrounds`);
+            ``None`` (automatic): :data:`isnet.defaults.BACKGROUND_JITTER`.
         range_follows: an automatic range (``C1`` / ``C2`` not given, and every set of heatmaps
             after the first) is measured again over every later training epoch and widened
             upwards at the epoch's end: ``C1`` and ``C2`` each become the larger of their value and
@@ -143,6 +146,7 @@ class ISNetModule(SystemModule):
         selective_class: str = defaults.SELECTIVE_CLASS,
         deep_supervision: bool = False,
         background_swap: float | None = None,
+        background_jitter: float | None = None,
         range_follows: bool = defaults.RANGE_FOLLOWS,
         heatmap_gate: float | None = defaults.HEATMAP_GATE,
     ) -> None:
@@ -157,6 +161,10 @@ class ISNetModule(SystemModule):
         if background_swap is not None and not (isinstance(background_swap, (int, float))
                                                 and 0.0 <= background_swap <= 1.0):
             raise ValueError(f"background_swap must be a share in [0, 1] or None (automatic), got {background_swap!r}")
+        if background_jitter is not None and not (isinstance(background_jitter, (int, float))
+                                                  and 0.0 <= background_jitter <= 1.0):
+            raise ValueError(f"background_jitter must be a strength in [0, 1] or None (automatic), "
+                             f"got {background_jitter!r}")
         for name, value in (("C1", C1), ("C2", C2)):
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be positive or None (automatic), got {value!r}")
@@ -224,6 +232,12 @@ class ISNetModule(SystemModule):
         if value is None:
             return defaults.BACKGROUND_SWAP if self.uses_heatmaps else 0.0
         return float(value)
+
+    @property
+    def background_jitter(self) -> float:
+        """Strength of the random change of every swapped background (the resolved ``background_jitter``)."""
+        value = self.hparams.get("background_jitter")
+        return defaults.BACKGROUND_JITTER if value is None else float(value)
 
     def _layout(self, images: Tensor) -> Tensor:
         if self.hparams.get("channels_last", False) and images.dim() == 4:
@@ -414,7 +428,8 @@ class ISNetModule(SystemModule):
     def losses(self, batch: dict) -> tuple[dict[str, Tensor], Tensor]:
         images, masks, labels = self._layout(batch["image"]), batch["mask"], batch["label"]
         if self.training and self.background_swap > 0:
-            images = self._layout(swap_batch_backgrounds(images, masks, self.background_swap)[0])
+            images = self._layout(swap_batch_backgrounds(images, masks, self.background_swap,
+                                                         jitter=self.background_jitter)[0])
         if not self.uses_heatmaps or (self.training and not self._gate_open()):
             logits = self.net(images)
             out = self.criterion(logits, labels, None, None, P=0.0)

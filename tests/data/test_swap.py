@@ -10,6 +10,7 @@ from isnet.data.swap import (
     binary_mask,
     fill_foreground,
     fill_foreground_batch,
+    jitter_backgrounds,
     plan_swaps,
     scan_masks,
     swap_background,
@@ -281,3 +282,46 @@ def test_batch_swap_rejects_bad_input():
         swap_batch_backgrounds(images, masks[:, :, :10])
     with pytest.raises(ValueError, match="masks"):
         fill_foreground_batch(images, masks[:1])
+
+
+def test_jitter_changes_only_the_chosen_backgrounds_within_the_value_range():
+    images, masks = _boxes(n=4)
+    images = images + 0.05 * torch.rand_like(images)
+    which = torch.tensor([True, False, True, False])
+    out = jitter_backgrounds(images, masks, which, 1.0, generator=torch.Generator().manual_seed(0))
+    fg = (masks >= 0.5).expand_as(images)
+    assert torch.equal(out[fg], images[fg])
+    assert torch.equal(out[~which], images[~which])
+    for i in (0, 2):
+        assert not torch.equal(out[i][~fg[i]], images[i][~fg[i]])
+    assert images.min() <= out.min() and out.max() <= images.max()
+    assert torch.equal(jitter_backgrounds(images, masks, which, 0.0), images)
+
+
+def test_jitter_draws_a_different_change_for_each_image():
+    images = torch.linspace(0.1, 0.9, 16 * 16).view(1, 1, 16, 16).repeat(8, 3, 1, 1).double()
+    masks = torch.zeros(8, 1, 16, 16, dtype=torch.float64)
+    masks[:, :, 6:10, 6:10] = 1
+    out = jitter_backgrounds(images, masks, torch.ones(8, dtype=torch.bool), 1.0,
+                             generator=torch.Generator().manual_seed(1))
+    background = out[:, 0][masks[:, 0] < 0.5].view(8, -1)
+    assert background.mean(1).unique().numel() == 8  # shift / tone differ per image
+    assert (background.std(1).max() - background.std(1).min()) > 0.02  # contrast and noise too
+    assert torch.equal(out[:, 0], out[:, 1])  # all channels alike (grayscale stays grayscale)
+
+
+def test_swap_applies_the_jitter_to_swapped_images_only():
+    images, masks = _boxes(n=4)
+    masks[1] = 1  # cannot be swapped, so not jittered
+    plain, which = swap_batch_backgrounds(images, masks, 1.0, generator=torch.Generator().manual_seed(5))
+    jittered, which2 = swap_batch_backgrounds(images, masks, 1.0, generator=torch.Generator().manual_seed(5),
+                                              jitter=1.0)
+    assert torch.equal(which, which2) and not which[1]
+    assert torch.equal(jittered[1], images[1])
+    fg = (masks >= 0.5).expand_as(images)
+    assert torch.equal(jittered[fg], images[fg])
+    assert not torch.equal(jittered[which], plain[which])
+    with pytest.raises(ValueError, match="jitter"):
+        swap_batch_backgrounds(images, masks, 1.0, jitter=2.0)
+    with pytest.raises(ValueError, match="jitter"):
+        jitter_backgrounds(images, masks, which, -0.5)

@@ -12,6 +12,7 @@ import torch
 from isnet.backbones import load_model
 from isnet.data import MaskedImageDataModule
 from isnet.systems.base import SystemModule
+from isnet import defaults
 from isnet.systems.isnet import ISNetModule, estimate_c1_c2, warmup_weight
 from isnet.systems.rrr import RRRModule
 from isnet.training import train
@@ -280,6 +281,14 @@ def test_background_swap_defaults_to_every_image_for_an_isnet_and_none_for_a_sta
     assert ISNetModule("small_cnn", 3, arch_kwargs={"width": 4}, P=0.0, background_swap=0.5).background_swap == 0.5
     with pytest.raises(ValueError, match="background_swap"):
         ISNetModule("small_cnn", 3, background_swap=2.0)
+
+
+def test_background_jitter_defaults_to_the_library_default_and_is_checked():
+    assert ISNetModule("small_cnn", 3, arch_kwargs={"width": 4}).background_jitter == defaults.BACKGROUND_JITTER
+    assert ISNetModule("small_cnn", 3, arch_kwargs={"width": 4}, background_jitter=0).background_jitter == 0.0
+    for bad in (1.5, -0.1, "strong"):
+        with pytest.raises(ValueError, match="background_jitter"):
+            ISNetModule("small_cnn", 3, background_jitter=bad)
 
 
 def test_validation_sees_the_original_images():

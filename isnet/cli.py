@@ -112,8 +112,8 @@ def _benchmark(args: argparse.Namespace) -> int:
     from .benchmark import run_benchmark
 
     overrides = {}
-    if args.isnet_epochs is not None:
-        overrides["isnet_epochs"] = args.isnet_epochs
+    if args.isnet_epochs is not None:  # on both benchmarks
+        overrides["isnet_epochs"] = overrides["radiograph_isnet_epochs"] = args.isnet_epochs
     if args.standard_epochs is not None:  # on both benchmarks
         overrides["standard_epochs"] = overrides["radiograph_standard_epochs"] = args.standard_epochs
     if args.radiograph_variant is not None:
@@ -460,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/benchmark")
     p.add_argument("--profile", choices=["quick", "long"], default="quick")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--isnet-epochs", type=int)
+    p.add_argument("--isnet-epochs", type=int, help="epochs of the ISNet and its variants on every benchmark")
     p.add_argument("--standard-epochs", type=int, help="epochs of the standard classifier on every benchmark")
     p.add_argument("--warm-start", help="comma-separated systems that start from the trained standard classifier's "
                                         "weights (default: isnet and its variants), or 'none' for the paper's "

@@ -257,3 +257,21 @@ def test_the_benchmark_isnet_keeps_its_recipe_without_heatmap_warmup():
     method, settings, _ = _settings("isnet", TINY, ["a", "b", "c"], {"lrp": (0.5, 7.0)})
     assert method == "isnet" and settings["heatmap_warmup_epochs"] == 0.0
     assert (settings["C1"], settings["C2"], settings["optimizer"]) == (0.5, 7.0, "adam")
+
+
+@pytest.mark.parametrize("method", ["isnet", "isnet_stochastic"])
+def test_isnet_epochs_and_background_jitter_come_from_the_profile_per_dataset(method):
+    prof = Profile("p", isnet_epochs=7, radiograph_isnet_epochs=11, isnet_background_jitter=0.25)
+    c = {"lrp": (0.5, 7.0)}
+    _, settings, epochs = _settings(method, prof, ["a", "b", "c"], c)
+    assert epochs == 7 and settings["background_jitter"] == 0.25
+    _, settings, epochs = _settings(method, prof, ["a", "b", "c"], c, "radiographs")
+    assert epochs == 11 and settings["background_jitter"] == 0.25
+    _, settings, _ = _settings(method, Profile("default"), ["a", "b", "c"], c)
+    assert settings["background_jitter"] is None  # the ISNet's own default
+
+
+def test_cli_isnet_epochs_reach_both_benchmarks(tmp_path, monkeypatch):
+    seen = _record_benchmark_arguments(tmp_path, monkeypatch)
+    assert main(["benchmark", "--out", str(tmp_path), "--quiet", "--isnet-epochs", "5"]) == 0
+    assert seen["isnet_epochs"] == seen["radiograph_isnet_epochs"] == 5

@@ -191,15 +191,14 @@ def _settings(method: str, prof: Profile, classes: list[str], c: dict[str, tuple
     isnet_epochs = prof.radiograph_isnet_epochs if dataset == "radiographs" else prof.isnet_epochs
     if method in ("standard", "reference"):
         return "standard", backbone, standard_epochs
+    # every ISNet (full and Faster variants) trains with the same swap, jitter, gate and warm-up
+    isnet_common = dict(backbone, P=P, d=d, background_swap=prof.isnet_background_swap,
+                        background_jitter=prof.isnet_background_jitter, heatmap_gate=prof.heatmap_gate,
+                        heatmap_warmup_epochs=prof.heatmap_warmup_epochs)
     if method == "isnet":
-        return "isnet", dict(backbone, P=P, d=d, C1=c["lrp"][0], C2=c["lrp"][1],
-                             background_swap=prof.isnet_background_swap,
-                             background_jitter=prof.isnet_background_jitter, heatmap_gate=prof.heatmap_gate,
-                             heatmap_warmup_epochs=prof.heatmap_warmup_epochs), isnet_epochs
+        return "isnet", dict(isnet_common, C1=c["lrp"][0], C2=c["lrp"][1]), isnet_epochs
     if method in ISNETS:  # a Faster ISNet variant
-        settings = dict(backbone, P=P, d=d, C1=None, C2=None, heatmap_warmup_epochs=prof.heatmap_warmup_epochs,
-                        background_swap=prof.isnet_background_swap,
-                        background_jitter=prof.isnet_background_jitter, heatmap_gate=prof.heatmap_gate)
+        settings = dict(isnet_common, C1=None, C2=None)
         if method == "isnet_selective":
             settings["selective_class"] = prof.selective_class
         return method, settings, isnet_epochs

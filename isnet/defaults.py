@@ -105,3 +105,8 @@ ISNET_LR_SCHEDULE: str = "cosine"
 #: prediction), as the authors' text describes it; their code takes the lowest logit.  README "The
 #: Faster ISNet family" gives the measurements behind the choice.
 SELECTIVE_CLASS: str = "highest"
+#: ``e`` of the selective quantity ``eta_c = log(p_c + e) - log(1 - p_c + e)``: 0 gives the exact
+#: log-odds ``z_c - logsumexp_{k != c} z_k``, whose maps keep a logit's scale however confident the
+#: model; the authors' code uses 0.01, whose maps vanish as the softmax saturates
+#: (:mod:`isnet.lrp.quantities`).
+SELECTIVE_EPS: float = 0.0

@@ -41,9 +41,11 @@ def stabilized_reciprocal(z: Tensor, epsilon: float) -> Tensor:
         eps = z.new_tensor(epsilon)  # in z's dtype: a Python float would be rounded to float32
         # copysign(eps, z) is sign(z) * eps in one operation; adding +0.0 turns -0.0 into +0.0,
         # so that sign(0) = +1 for both zeros.  The sign is piecewise constant: no gradient.
-        return 1.0 / (z + torch.copysign(eps, z.detach() + 0.0))
+        # torch.reciprocal, not 1.0 / (...): the division by a Python number adds a product by 1.0
+        # (and its backward) over the whole tensor.
+        return torch.reciprocal(z + torch.copysign(eps, z.detach() + 0.0))
     zero = z == 0
-    return (1.0 / torch.where(zero, torch.ones_like(z), z)).masked_fill(zero, 0.0)
+    return torch.reciprocal(torch.where(zero, torch.ones_like(z), z)).masked_fill(zero, 0.0)
 
 
 def stabilized_divide(numerator: Tensor, z: Tensor, epsilon: float) -> Tensor:

@@ -7,7 +7,7 @@ classes ``K`` by penalising one heatmap per image instead of ``K``:
 * ``full``: every class's heatmap (the original ISNet of the Nature Communications paper);
   the relevance pass costs ``K`` maps per image.
 * ``selective``: one map per image explaining the softmax-based quantity
-  ``eta_c = log(p_c + e) - log(1 - p_c + e)`` of one class ``c``
+  ``eta_c = log p_c - log(1 - p_c)`` (the log-odds) of one class ``c``
   (:mod:`isnet.lrp.quantities`); single-label tasks only (``p`` is a softmax).
 * ``stochastic``: one map per image for a logit drawn at each step: the highest logit with
   probability 1/2, otherwise one of the other classes uniformly.

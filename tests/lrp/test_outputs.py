@@ -1,6 +1,7 @@
 """What a heatmap explains: weights over the logits, functions of the logits, and the
 Selective ISNet's softmax quantity."""
 
+import math
 import pytest
 import torch
 import torchvision
@@ -91,17 +92,40 @@ def test_selective_heatmap_under_lrp0_is_gradient_times_input_of_eta():
         assert largest_error(maps[:, 0], xg.detach() * grad) <= 1e-10
 
 
-def test_selective_weights_are_the_derivatives_of_eta_and_differentiable():
+@pytest.mark.parametrize("eps", [0.0, 0.01])
+def test_selective_weights_are_the_derivatives_of_eta_and_differentiable(eps):
     logits = (4 * torch.randn(5, 6, dtype=torch.float64)).requires_grad_(True)
     classes = torch.tensor([0, 5, 2, 2, 1])
-    weights = selective_weights(logits, classes)
-    (expected,) = torch.autograd.grad(eta(logits, classes).sum(), logits, create_graph=True)
+    weights = selective_weights(logits, classes, eps)
+    (expected,) = torch.autograd.grad(eta(logits, classes, eps).sum(), logits, create_graph=True)
     assert weights.shape == (5, 1, 6)
     torch.testing.assert_close(weights[:, 0], expected, rtol=1e-12, atol=1e-14)
-    torch.autograd.gradcheck(lambda z: selective_weights(z, classes), (logits,))
-    several = selective_weights(logits, torch.tensor([[0, 1]] * 5))  # (B, K') classes: one map each
+    torch.autograd.gradcheck(lambda z: selective_weights(z, classes, eps), (logits,))
+    several = selective_weights(logits, torch.tensor([[0, 1]] * 5), eps)  # (B, K') classes: one map each
     assert several.shape == (5, 2, 6)
-    torch.testing.assert_close(several[:, 1], selective_weights(logits, torch.ones(5, dtype=torch.long))[:, 0])
+    torch.testing.assert_close(several[:, 1], selective_weights(logits, torch.ones(5, dtype=torch.long), eps)[:, 0])
+
+
+def test_eta_is_the_log_odds_and_its_weights_do_not_vanish_when_the_softmax_saturates():
+    logits = torch.tensor([[1.0, -0.5, 2.0], [0.3, 0.2, -1.0]], dtype=torch.float64)
+    classes = torch.tensor([2, 0])
+    p = torch.softmax(logits, 1).gather(1, classes[:, None])[:, 0]
+    torch.testing.assert_close(eta(logits, classes), torch.log(p) - torch.log1p(-p), rtol=1e-12, atol=1e-12)
+    # A confident classifier: a logit gap of 40 (1 - p_c about 4e-18, 0 in float32).
+    confident = torch.tensor([[40.0, 0.0, -1.0]])
+    chosen = torch.tensor([0])
+    exact = selective_weights(confident, chosen)
+    assert exact[0, 0, 0] == 1.0 and abs(float(exact[0, 0, 1:].sum()) + 1.0) < 1e-6  # a logit's scale
+    torch.testing.assert_close(eta(confident, chosen), torch.tensor([40.0 - math.log(1 + math.exp(-1.0))]))
+    smoothed = selective_weights(confident, chosen, eps=0.01)
+    assert float(smoothed.abs().max()) < 1e-12  # the regularised form vanishes there
+
+
+def test_selective_quantity_rejects_bad_settings():
+    with pytest.raises(ValueError, match="eps must be at least 0"):
+        selective_weights(torch.zeros(2, 3), torch.tensor([0, 1]), eps=-1.0)
+    with pytest.raises(ValueError, match="K >= 2"):
+        eta(torch.zeros(2, 1), torch.tensor([0, 0]))
 
 
 def test_selected_class_and_bad_choices():
@@ -110,8 +134,6 @@ def test_selected_class_and_bad_choices():
     assert selected_class(logits, "lowest").tolist() == [2, 1]
     with pytest.raises(ValueError, match=r"selective_class must be one of \('highest', 'lowest'\)"):
         selected_class(logits, "middle")
-    with pytest.raises(ValueError, match="positive"):
-        selective_weights(logits, torch.tensor([0, 1]), eps=0.0)
 
 
 def test_a_loss_on_selective_heatmaps_backpropagates_through_the_weights():

@@ -466,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "weights (default: isnet and its variants), or 'none' for the paper's "
                                         "random start")
     p.add_argument("--selective-class", choices=SELECTIVE_CLASSES,
-                   help="the logit whose softmax quantity isnet_selective explains (default: highest)")
+                   help=f"the logit whose softmax quantity isnet_selective explains (default: {defaults.SELECTIVE_CLASS})")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--models", default="standard,isnet,reference",
                    help=f"comma-separated systems ({', '.join(METHODS)}, and reference: a standard classifier "

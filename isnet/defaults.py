@@ -101,10 +101,11 @@ ISNET_MOMENTUM: float = 0.9
 ISNET_LR_SCHEDULE: str = "cosine"
 
 # -- the Faster ISNet family (Bassi, Decherchi and Cavalli, IEEE Access 2024) --------------------
-#: The class whose softmax quantity eta a Selective ISNet heatmap explains: the highest logit (the
-#: prediction), as the authors' text describes it; their code takes the lowest logit.  README "The
-#: Faster ISNet family" gives the measurements behind the choice.
-SELECTIVE_CLASS: str = "highest"
+#: The class whose softmax quantity eta a Selective ISNet heatmap explains: the lowest logit, as the
+#: authors' code takes it (their text speaks of the highest).  On the digits benchmark both kept the
+#: decisions free of the background at the same accuracy, and the lowest left less background relevance
+#: in the logits' heatmaps (README "The Faster ISNet family").
+SELECTIVE_CLASS: str = "lowest"
 #: ``e`` of the selective quantity ``eta_c = log(p_c + e) - log(1 - p_c + e)``: 0 gives the exact
 #: log-odds ``z_c - logsumexp_{k != c} z_k``, whose maps keep a logit's scale however confident the
 #: model; the authors' code uses 0.01, whose maps vanish as the softmax saturates

@@ -117,9 +117,9 @@ def _class_probabilities(logits: Tensor, classes: Tensor) -> tuple[Tensor, Tenso
     return pc, rest, p, onehot
 
 
-def selected_class(logits: Tensor, which: str = "highest") -> Tensor:
+def selected_class(logits: Tensor, which: str = defaults.SELECTIVE_CLASS) -> Tensor:
     """The class that a selective heatmap explains: ``(B,)`` indices of the highest or
-    lowest logit (ties: the first)."""
+    lowest logit (ties: the first; default :data:`isnet.defaults.SELECTIVE_CLASS`)."""
     check_selective_class(which)
     return (logits.argmax(1) if which == "highest" else logits.argmin(1)).detach()
 

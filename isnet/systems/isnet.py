@@ -89,7 +89,7 @@ class ISNetModule(SystemModule):
             ``stochastic`` or ``dual`` (one heatmap per image, or one per rule; see
             :mod:`isnet.systems.variants`).
         selective_class: the class whose softmax quantity a ``selective`` heatmap explains:
-            ``highest`` (the prediction, the default) or ``lowest`` logit.
+            ``lowest`` (the default, :data:`isnet.defaults.SELECTIVE_CLASS`) or ``highest`` logit.
         deep_supervision: the heatmap loss also on the relevance at the backbone's stage outputs
             (:mod:`isnet.systems.deep_supervision`).
         background_swap: share of each training batch's images whose background is replaced by
@@ -472,6 +472,7 @@ class ISNetModule(SystemModule):
             # Validation draws its own logits, the same for a batch in every epoch, and leaves the
             # training draws (saved in checkpoints) untouched.
             generator = torch.Generator().manual_seed(self._logit_seed + 1_000_003 * (1 + self._validation_batch))
+        # A checkpoint from before the choice existed explained the highest logit.
         what = explained(variant, generator=generator, selective_class=hp.get("selective_class", "highest"))
         out = self.net.explain(images, **what, layers=self.layers)
         maps, levels = [], []

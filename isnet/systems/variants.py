@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .. import defaults
 from ..lrp.quantities import check_selective_class, selected_class, selective_weights
 
 VARIANTS: tuple[str, ...] = ("full", "selective", "stochastic", "dual")
@@ -81,7 +82,7 @@ def draw_logits(logits: Tensor, generator: torch.Generator) -> Tensor:
 
 
 def explained(variant: str, *, generator: torch.Generator | None = None,
-              selective_class: str = "highest") -> dict[str, Any]:
+              selective_class: str = defaults.SELECTIVE_CLASS) -> dict[str, Any]:
     """What the variant's heatmaps explain, as keyword arguments of :meth:`isnet.ISNet.explain`:
     ``classes`` (``None``: all; or a function of the logits ``(B, K)`` giving ``(B, 1)`` indices)
     or ``logit_weights`` (a function of the logits giving the selective quantity's derivatives

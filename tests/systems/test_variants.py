@@ -33,8 +33,9 @@ def test_each_variant_says_what_its_maps_explain():
     assert explained("full") == {"classes": None}
     selective = explained("selective")["logit_weights"](logits)
     assert selective.shape == (2, 1, 3) and selective.requires_grad
-    assert selective[0, 0, 1] > 0 and selective[1, 0, 2] > 0  # the highest logit by default
-    assert explained("selective", selective_class="lowest")["logit_weights"](logits)[0, 0, 2] > 0
+    assert selective[0, 0, 2] > 0 and selective[1, 0, 1] > 0  # the lowest logit by default (the authors' code)
+    highest = explained("selective", selective_class="highest")["logit_weights"](logits)
+    assert highest[0, 0, 1] > 0 and highest[1, 0, 2] > 0
     for variant in ("stochastic", "dual"):
         classes = explained(variant, generator=torch.Generator().manual_seed(1))["classes"](logits)
         assert classes.shape == (2, 1) and classes.dtype == torch.long
@@ -112,7 +113,7 @@ def test_variant_methods_fix_the_variant_and_bad_settings_are_named():
     for variant in VARIANTS[1:]:
         module = build(f"isnet_{variant}")
         assert module.hparams.variant == variant and module.method == f"isnet_{variant}"
-    assert build("isnet", variant="selective", selective_class="lowest").hparams.selective_class == "lowest"
+    assert build("isnet", variant="selective", selective_class="highest").hparams.selective_class == "highest"
     with pytest.raises(ValueError, match="unknown ISNet variant 'fast'; choose one of full, selective, stochastic"):
         build(variant="fast")
     with pytest.raises(ValueError, match="selective ISNet explains a softmax probability"):
@@ -124,7 +125,7 @@ def test_variant_methods_fix_the_variant_and_bad_settings_are_named():
 
 
 def test_one_map_per_image_explains_what_the_variant_says():
-    """Selective maps equal the engine's heatmaps of d eta / dz of the highest logit; stochastic and dual
+    """Selective maps equal the engine's heatmaps of d eta / dz of the default (lowest) logit; stochastic and dual
     maps equal the all-class heatmaps at the drawn logit (dual: with each rule)."""
     from isnet import explain
     from isnet.lrp.quantities import selected_class, selective_weights
@@ -134,7 +135,7 @@ def test_one_map_per_image_explains_what_the_variant_says():
     selective = build(variant="selective").eval()
     logits, maps, _ = selective._heatmaps(images)
     backbone = selective.backbone
-    expected = explain(backbone, images, logit_weights=selective_weights(logits, selected_class(logits)))
+    expected = explain(backbone, images, logit_weights=selective_weights(logits, selected_class(logits, "lowest")))
     torch.testing.assert_close(maps[0], expected)
     dual = build(variant="dual").train()
     state = dual._logit_generator.get_state()

@@ -245,29 +245,43 @@ class Epsilon(Rule):
     def forward(self, args: tuple, kwargs: dict) -> tuple[Tensor, Saved]:
         x = args[0]
         z, y = self.layer.forward(x)
-        return z, (x, y, z)
+        # The last entry memoises batch-B quantities of this forward (see _fused): the rules of
+        # several composites at this layer share ``saved`` and so compute them once.
+        return z, (x, y, z, {})
+
+    def _fused(self, saved: Saved) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """``self.layer.fused(y)`` of this forward pass, computed once: every rule that shares the
+        forward (:meth:`same_forward`) wraps the same modules, so the value is the same for all."""
+        memo = saved[3]
+        if "fused" not in memo:
+            memo["fused"] = self.layer.fused(saved[1])
+        return memo["fused"]
 
     def _denominator(self, saved: Saved) -> tuple[Tensor, Tensor, Tensor]:
         """``(x, W, z)`` where ``z`` equals the output in value with the bias detached."""
-        x, y, z = saved
-        weight, _, bias = self.layer.fused(y)
+        x, _, z = saved[:3]
+        weight, _, bias = self._fused(saved)
         if bias is not None:
             z = detach_bias(z, self.layer.channel_view(bias, z))
         return x, weight, z
 
     def diagonal_ratio(self, saved: Saved) -> Tensor:
         """For a lone batch norm (no layer): ``x w / (z + sign(z) eps)``, the batch-``B`` factor
-        with ``R_in = ratio * R``.  Same shape as the norm's input."""
-        x, weight, z = self._denominator(saved)
-        return x * self.layer.channel_view(weight, x) * stabilized_reciprocal(z, self.epsilon)
+        with ``R_in = ratio * R``.  Same shape as the norm's input.  Computed once per forward pass
+        and rule type (several composites keep LRP-epsilon on lone norms)."""
+        key = (type(self), "diagonal_ratio", self.epsilon)
+        memo = saved[3]
+        if key not in memo:
+            x, weight, z = self._denominator(saved)
+            memo[key] = x * self.layer.channel_view(weight, x) * stabilized_reciprocal(z, self.epsilon)
+        return memo[key]
 
     def relevance(self, R: Tensor, saved: Saved, *, divided: bool = False) -> Sequence[Tensor | None]:
         if self.layer.layer is None:
             # A lone batch norm is diagonal: R_in = [x w / (z + eps)] R, the bracket at batch size B.
             return (class_product(self.diagonal_ratio(saved), R),)
         if divided:
-            x, y, _ = saved
-            weight, s = self.layer.weight_and_bias(y)[0], R
+            x, weight, s = saved[0], self._fused(saved)[0], R
         else:
             x, weight, z = self._denominator(saved)
             s = stabilized_divide(R, z, self.epsilon)
@@ -305,8 +319,8 @@ class ZBox(Epsilon):
     def _parts(self, saved: Saved) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor, Tensor]:
         """``(x, W+, W-, b, l, h)``: the input, the weight's parts, the bias and the bounds as
         batch-1 inputs."""
-        x, y, _ = saved
-        weight, bias = self.layer.weight_and_bias(y)
+        x = saved[0]
+        weight, bias = self._fused(saved)[:2]
         low, high = self._bound_image(self.low, x), self._bound_image(self.high, x)
         return x, weight.clamp(min=0), weight.clamp(max=0), bias, low, high
 
@@ -376,8 +390,8 @@ class ZPlus(Epsilon):
         """``(x, x+, x-, W+, W-, b)``; ``x-`` and ``W-`` are ``None`` when no input is negative
         (after a ReLU, i.e. everywhere but the first layer): then ``x- = 0`` and the terms with
         ``W-`` vanish, so the rule costs one convolution instead of two of twice the channels."""
-        x, y, _ = saved
-        weight, bias, own = self.layer.fused(y)
+        x = saved[0]
+        weight, bias, own = self._fused(saved)
         if bias is not None:
             bias = detach_bias(bias, own)  # the bias parameters' share detached
         # relu for the positive parts: the same values as clamp(min=0), with a cheaper backward pass

@@ -318,6 +318,40 @@ def test_two_composites_from_one_forward_equal_two_separate_calls():
     torch.testing.assert_close(both[0], zplus_maps[torch.arange(2)[:, None], classes], rtol=0, atol=1e-12)
 
 
+def test_two_composites_share_the_batch_quantities_of_their_forward_pass(monkeypatch):
+    """A DenseNet in training mode (fused conv + batch norm with batch statistics, lone norms after the
+    concatenations): both composites' maps and their gradients equal two separate calls, while the
+    fused weights are computed once per layer for both."""
+    from isnet.lrp.layers import AffineLayer
+
+    torch.manual_seed(0)
+    net = torchvision.models.DenseNet(growth_rate=4, block_config=(2, 2), num_init_features=8, bn_size=2,
+                                      num_classes=3).double().train()
+    x = torch.rand(3, 3, 32, 32, dtype=torch.float64)
+    classes = torch.tensor([[1], [0], [2]])
+    calls = []
+    original = AffineLayer.fused
+    monkeypatch.setattr(AffineLayer, "fused", lambda self, y: calls.append(self) or original(self, y))
+
+    def gradients(rules):
+        net.zero_grad()
+        maps = LRPGraph(net, rule=rules)(x, classes)[1]
+        maps = maps if isinstance(maps, tuple) else (maps,)
+        sum(m.square().sum() for m in maps).backward()
+        return maps, [p.grad.clone() for p in net.parameters()]
+
+    (eps_alone,), eps_grads = gradients("epsilon")
+    single = len(calls)
+    (zplus_alone,), zplus_grads = gradients("zplus")
+    calls.clear()
+    (eps_maps, zplus_maps), both_grads = gradients(["epsilon", "zplus"])
+    assert len(calls) == single  # once per layer, not once per composite
+    torch.testing.assert_close(eps_maps, eps_alone, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(zplus_maps, zplus_alone, rtol=1e-12, atol=1e-14)
+    for both, a, b in zip(both_grads, eps_grads, zplus_grads):
+        torch.testing.assert_close(both, a + b, rtol=1e-9, atol=1e-12)
+
+
 def test_two_composites_in_training_mode_update_the_running_statistics_once():
     torch.manual_seed(0)
     net = small_cnn().train()

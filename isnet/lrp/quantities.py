@@ -33,14 +33,11 @@ from torch import Tensor
 
 from .. import defaults
 
-SELECTIVE_EPS: float = defaults.SELECTIVE_EPS
-"""``e`` of the Selective ISNet's ``eta`` (:data:`isnet.defaults.SELECTIVE_EPS`)."""
-
 SELECTIVE_CLASSES = ("highest", "lowest")
 """Which class a selective heatmap explains: the highest logit (the prediction) or the lowest."""
 
 
-def eta(logits: Tensor, classes: Tensor, eps: float = SELECTIVE_EPS) -> Tensor:
+def eta(logits: Tensor, classes: Tensor, eps: float = defaults.SELECTIVE_EPS) -> Tensor:
     """``eta_c = log p_c - log(1 - p_c)`` for each image's class(es) (``eps = 0``, exact), or
     ``log(p_c + e) - log(1 - p_c + e)`` with ``e = eps > 0``.
 
@@ -61,7 +58,7 @@ def eta(logits: Tensor, classes: Tensor, eps: float = SELECTIVE_EPS) -> Tensor:
     return value if classes.dim() == 2 else value.squeeze(1)
 
 
-def selective_weights(logits: Tensor, classes: Tensor, eps: float = SELECTIVE_EPS) -> Tensor:
+def selective_weights(logits: Tensor, classes: Tensor, eps: float = defaults.SELECTIVE_EPS) -> Tensor:
     """``d eta_c / dz`` as weights over the logits, one map per chosen class.
 
     With ``eps = 0`` (exact log-odds): 1 for the chosen class and ``-q_k`` for the others, ``q``
@@ -81,8 +78,7 @@ def selective_weights(logits: Tensor, classes: Tensor, eps: float = SELECTIVE_EP
     _check(logits, eps)
     if eps == 0:
         _, others, onehot = _logits_against_others(logits, classes)
-        q = torch.softmax(others, dim=-1)  # (B, K', K), 0 at the chosen class
-        return torch.where(onehot, torch.ones_like(q), -q)
+        return torch.softmax(others, dim=-1).neg().masked_fill(onehot, 1.0)  # -q_k, 1 at the chosen class
     pc, rest, p, onehot = _class_probabilities(logits, classes)  # (B, K'), (B, K'), (B, K), (B, K', K)
     scale = (1 / (pc + eps) + 1 / (rest + eps)) * pc  # d eta / d p_c * p_c
     delta = torch.where(onehot, rest.unsqueeze(-1), -p.unsqueeze(1))  # delta_ck - p_k, with 1 - p_c = rest
@@ -99,9 +95,8 @@ def _check(logits: Tensor, eps: float) -> None:
 def _logits_against_others(logits: Tensor, classes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``(z_c, others, onehot)``: the chosen logits ``(B, K')``, every logit with the chosen
     one set to ``-inf`` ``(B, K', K)`` (at least float32), and the boolean one-hot ``(B, K', K)``."""
-    index = classes if classes.dim() == 2 else classes.unsqueeze(1)  # (B, K')
-    z = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
-    onehot = torch.nn.functional.one_hot(index, z.shape[1]).bool()
+    z = _at_least_float32(logits)
+    index, onehot = _one_hot(classes, z.shape[1])
     others = z.unsqueeze(1).masked_fill(onehot, float("-inf"))
     return z.gather(1, index), others, onehot
 
@@ -109,9 +104,8 @@ def _logits_against_others(logits: Tensor, classes: Tensor) -> tuple[Tensor, Ten
 def _class_probabilities(logits: Tensor, classes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(p_c, 1 - p_c, p, onehot)``: ``(B, K')``, ``(B, K')`` as the sum of the other classes'
     probabilities, ``(B, K)`` and the boolean ``(B, K', K)`` one-hot of the classes."""
-    index = classes if classes.dim() == 2 else classes.unsqueeze(1)  # (B, K')
-    p = _softmax(logits)
-    onehot = torch.nn.functional.one_hot(index, p.shape[1]).bool()
+    p = torch.softmax(_at_least_float32(logits), dim=1)
+    index, onehot = _one_hot(classes, p.shape[1])
     pc = p.gather(1, index)
     rest = p.unsqueeze(1).masked_fill(onehot, 0.0).sum(-1)
     return pc, rest, p, onehot
@@ -131,8 +125,12 @@ def check_selective_class(which: str) -> str:
     return which
 
 
-def _softmax(logits: Tensor) -> Tensor:
-    """Softmax in at least float32 (half-precision logits would round ``p`` near 0 and 1)."""
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()
-    return torch.softmax(logits, dim=1)
+def _one_hot(classes: Tensor, total: int) -> tuple[Tensor, Tensor]:
+    """``(index, onehot)``: the classes as ``(B, K')`` indices and their boolean ``(B, K', total)`` one-hot."""
+    index = classes if classes.dim() == 2 else classes.unsqueeze(1)
+    return index, torch.nn.functional.one_hot(index, total).bool()
+
+
+def _at_least_float32(logits: Tensor) -> Tensor:
+    """Half-precision logits as float32 (softmax and logsumexp would round near 0 and 1)."""
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits

@@ -20,12 +20,16 @@ Both processes first call :func:`isnet.allocator.keep_freed_memory`, as the ``is
 command does (``--default-allocator`` leaves glibc's malloc as it is).
 
 ``--breakdown`` also profiles a few steps of each and prints the time spent in
-convolutions (forward, transposed and their backward passes) per step.  The
+convolutions (forward, transposed and their backward passes) and matrix products per step.  The
 ISNet's convolution time over the standard's *whole* step is the ratio that the
 ISNet would reach if everything else (element-wise LRP arithmetic, batch-norm
 statistics, autograd bookkeeping) were free; the convolution FLOPs alone are
 (1 + K) times the standard step's (the forward, K transposed maps and twice as much
-again in the backward pass).  Usage::
+again in the backward pass).  With ``--variant`` it also prints the variant's
+*floor*, ``1 + (variant conv - standard conv) / standard step``: the ratio the
+variant would reach if its step cost no more than the standard's outside the
+convolutions, i.e. if the LRP pass's element-wise arithmetic and bookkeeping were
+free.  No implementation that runs these convolution kernels can be faster.  Usage::
 
     python benchmarks/training_speed.py [--arch densenet121] [--size 64] [--batch 4] [--classes 3 10]
         [--variant selective|stochastic|dual [--deep-supervision]]
@@ -65,12 +69,13 @@ def make_step(module, batch: dict):
 
 
 def convolution_seconds(step, repeats: int = 3) -> float:
-    """Seconds per step spent in convolution operators (self CPU time, so nothing counts twice;
-    on the CPU only)."""
+    """Seconds per step spent in convolution operators and matrix products (the LRP pass runs
+    1x1 convolutions as matrix products; self CPU time, so nothing counts twice; on the CPU only)."""
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(repeats):
             step()
-    total_us = sum(e.self_cpu_time_total for e in prof.key_averages() if "convolution" in e.key)
+    total_us = sum(e.self_cpu_time_total for e in prof.key_averages()
+                   if "convolution" in e.key or e.key in ("aten::mm", "aten::addmm", "aten::bmm"))
     return total_us / 1e6 / repeats
 
 
@@ -156,6 +161,8 @@ def main() -> None:
         header += f"{args.variant + ' s':>14}{'ratio':>8}{'/ isnet':>9}"
     if args.breakdown:
         header += f"{'std conv s':>12}{'isnet conv s':>14}{'conv-only ratio':>17}"
+        if args.variant:
+            header += f"{args.variant + ' conv s':>20}{'floor':>8}"
     print(header, flush=True)
     for k in args.classes:
         runs: dict[str, list[dict]] = {model: [] for model in models}
@@ -169,8 +176,12 @@ def main() -> None:
             t_var = median[args.variant]
             line += f"{t_var:>14.3f}{t_var / t_std:>8.2f}{t_var / t_isn:>9.2f}"
         if args.breakdown:
-            c_std, c_isn = (statistics.median(r["conv"] for r in runs[m]) for m in ("standard", "isnet"))
+            conv = {m: statistics.median(r["conv"] for r in runs[m]) for m in runs}
+            c_std, c_isn = conv["standard"], conv["isnet"]
             line += f"{c_std:>12.3f}{c_isn:>14.3f}{c_isn / t_std:>17.2f}"
+            if args.variant:
+                c_var = conv[args.variant]
+                line += f"{c_var:>20.3f}{1 + (c_var - c_std) / t_std:>8.2f}"
         print(line, flush=True)
 
 

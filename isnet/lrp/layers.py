@@ -84,6 +84,19 @@ def _channel_mean_var(y: Tensor) -> tuple[Tensor, Tensor]:
     return _ChannelStats.apply(y)
 
 
+def is_channels_last(x: Tensor) -> bool:
+    """Whether a 4-D tensor is laid out channels-last (and not also plain contiguous)."""
+    return x.dim() == 4 and x.shape[1] > 1 and x.stride(1) == 1 and not x.is_contiguous()
+
+
+def _channel_matmul(x: Tensor, matrix: Tensor) -> Tensor:
+    """``x`` ``(N, C, H, W)``, channels-last, times ``matrix`` ``(C, C')`` over the channels:
+    ``(N, C', H, W)``, channels-last (the 1x1 convolution with weight ``matrix.T``)."""
+    n, c, h, w = x.shape
+    out = x.permute(0, 2, 3, 1).reshape(n * h * w, c).mm(matrix)
+    return out.view(n, h, w, matrix.shape[1]).permute(0, 3, 1, 2)
+
+
 class AffineLayer:
     """A linear map ``z = W x + b`` assembled from a backbone's modules.
 
@@ -102,6 +115,16 @@ class AffineLayer:
         self.norm = norm
         self.where = where
         self._padding = _conv_padding(layer, where) if isinstance(layer, CONV_TYPES) else None
+        # A 1x1 convolution with stride 1 mixes channels only: on a channels-last tensor it is one
+        # matrix product over the (N*H*W, C) view, which the CPU runs faster than a convolution at
+        # the small maps of late layers, forward and backward (benchmarks/training_speed.py).
+        self._pointwise = (
+            isinstance(layer, nn.Conv2d)
+            and layer.kernel_size == (1, 1)
+            and layer.stride == (1, 1)
+            and layer.groups == 1
+            and self._padding == (0, 0)
+        )
 
     # -- forward ---------------------------------------------------------------------------
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -189,6 +212,8 @@ class AffineLayer:
             return x * self.channel_view(weight, x)
         if isinstance(layer, nn.Linear):
             return F.linear(x, weight)
+        if self._pointwise and is_channels_last(x):
+            return _channel_matmul(x, weight.reshape(weight.shape[0], weight.shape[1]).t())
         conv = _CONV[x.dim() - 2]
         return conv(x, weight, None, layer.stride, self._padding, layer.dilation, layer.groups)
 
@@ -208,6 +233,8 @@ class AffineLayer:
             return s * self.channel_view(weight, s)
         if isinstance(layer, nn.Linear):
             return s.matmul(weight)
+        if self._pointwise and is_channels_last(s):
+            return _channel_matmul(s, weight.reshape(weight.shape[0], weight.shape[1]))
         dims = s.dim() - 2
         output_padding = []
         for i in range(dims):

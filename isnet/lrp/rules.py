@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.fx import Node
 from torch.nn.modules.utils import _pair
 
-from .layers import AffineLayer
+from .layers import AffineLayer, is_channels_last
 
 Saved = tuple
 
@@ -70,10 +70,6 @@ def detach_bias(z: Tensor, bias: Tensor | None) -> Tensor:
     return z
 
 
-def _is_channels_last(x: Tensor) -> bool:
-    return x.dim() == 4 and x.shape[1] > 1 and x.stride(1) == 1 and not x.is_contiguous()
-
-
 def class_product(x: Tensor, r: Tensor) -> Tensor:
     """``x[:, None] * r``: a batch-``B`` tensor ``(B, *S)`` times the relevance of its
     K heatmaps ``(B, K, *S)``, broadcast over K.
@@ -83,7 +79,7 @@ def class_product(x: Tensor, r: Tensor) -> Tensor:
     (PyTorch's reductions return contiguous tensors, and mixed layouts make every
     later element-wise operation slow).
     """
-    if _is_channels_last(x):
+    if is_channels_last(x):
         product = x.permute(0, 2, 3, 1).unsqueeze(1) * r.permute(0, 1, 3, 4, 2)
         return product.permute(0, 1, 4, 2, 3)
     return x.unsqueeze(1) * r
@@ -395,7 +391,8 @@ class ZPlus(Epsilon):
         if bias is not None:
             bias = detach_bias(bias, own)  # the bias parameters' share detached
         # relu for the positive parts: the same values as clamp(min=0), with a cheaper backward pass
-        if not bool((x.detach() < 0).any()):
+        # The smallest value, not (x < 0).any(): one reduction, without a boolean copy of x.
+        if x.numel() == 0 or not bool(x.detach().amin() < 0):
             return x, x, None, torch.relu(weight), None, bias
         return x, torch.relu(x), x.clamp(max=0), torch.relu(weight), weight.clamp(max=0), bias
 
@@ -543,7 +540,7 @@ class WinnerTakesAll(Rule):
         the relevance of each window before it goes to the window's maximum."""
         shape, indices = saved
         B, K, C = R.shape[:3]
-        if _is_channels_last(indices):
+        if is_channels_last(indices):
             # Scatter with the channels innermost, so that the relevance stays channels-last: the
             # layer before multiplies it by its channels-last input, which is slow in mixed layouts.
             src = R.permute(0, 1, 3, 4, 2).reshape(B, K, -1, C)

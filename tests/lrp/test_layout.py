@@ -1,6 +1,6 @@
 """Speed-motivated parts of the engine give the same numbers: channels-last tensors, the merged
 DenseNet concatenations, lone norms absorbed by the next layer, the batch statistics' closed-form
-gradient, and the stabiliser's sign."""
+gradient, the stabiliser's sign, and 1x1 convolutions as matrix products."""
 
 import pytest
 import torch
@@ -10,7 +10,8 @@ from torch import nn
 
 from isnet import LRPGraph
 from isnet.lrp import passes
-from isnet.lrp.layers import _channel_mean_var
+from isnet.lrp import layers
+from isnet.lrp.layers import AffineLayer, _channel_mean_var
 from isnet.lrp.rules import Concat, WinnerTakesAll, class_product, stabilized_reciprocal
 
 
@@ -115,6 +116,45 @@ def test_class_product_keeps_the_channels_last_layout_of_its_gradients():
     gx, gr = torch.autograd.grad((out * torch.rand_like(out)).sum(), (x, r))
     assert gx.is_contiguous(memory_format=torch.channels_last)
     assert torch.autograd.gradcheck(class_product, (x, r))
+
+
+def _no_convolution(*args, **kwargs):
+    raise AssertionError("a convolution was called for a pointwise layer on a channels-last tensor")
+
+
+def test_pointwise_convolutions_on_channels_last_tensors_are_matrix_products_with_equal_values_and_gradients(
+    monkeypatch,
+):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 4, 1).double()
+    affine = AffineLayer(conv, None)
+    weight = cl(conv.weight.detach().clone()).requires_grad_()
+    x = cl(torch.randn(3, 6, 5, 4, dtype=torch.float64)).requires_grad_()
+    s = cl(torch.randn(6, 4, 5, 4, dtype=torch.float64)).requires_grad_()  # N = 6: two maps per image
+    ref_z, ref_c = F.conv2d(x, weight), F.conv_transpose2d(s, weight)
+    ref_grads = torch.autograd.grad((ref_z.sin().sum() + ref_c.cos().sum()), (x, s, weight))
+    monkeypatch.setitem(layers._CONV, 2, _no_convolution)
+    monkeypatch.setitem(layers._CONV_TRANSPOSE, 2, _no_convolution)
+    z, c = affine.linear(x, weight), affine.transpose(s, weight, x.shape)
+    assert z.is_contiguous(memory_format=torch.channels_last) and c.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(z, ref_z, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(c, ref_c, rtol=1e-12, atol=1e-12)
+    grads = torch.autograd.grad((z.sin().sum() + c.cos().sum()), (x, s, weight))
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("conv", [nn.Conv2d(6, 4, 1, stride=2), nn.Conv2d(6, 4, 3, padding=1),
+                                  nn.Conv2d(6, 4, 1, groups=2), nn.Conv2d(6, 4, 1, padding=1)])
+def test_other_convolutions_keep_the_convolution_and_its_transpose_stays_the_adjoint(conv):
+    affine = AffineLayer(conv.double(), None)
+    assert not affine._pointwise
+    x = cl(torch.randn(2, 6, 6, 6, dtype=torch.float64))
+    z = affine.linear(x, conv.weight)
+    torch.testing.assert_close(z, F.conv2d(x, conv.weight, None, conv.stride, conv.padding, 1, conv.groups))
+    s = cl(torch.randn_like(z))
+    # <W^T s, x> = <s, W x>
+    torch.testing.assert_close((affine.transpose(s, conv.weight, x.shape) * x).sum(), (s * z).sum())
 
 
 @pytest.mark.parametrize("shape", [(6, 3), (4, 3, 5), (3, 4, 5, 5), (2, 3, 2, 3, 4)])

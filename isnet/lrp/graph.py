@@ -373,17 +373,14 @@ class LRPGraph:
                     break
                 continue
             step = steps[node]
-            own = saved[node]
+            options: dict[str, Any] = {}
             if step.absorbed is not None:
-                ratio = steps[step.absorbed].rule.diagonal_ratio(saved[step.absorbed])
-                own = (own[0] * ratio, *own[1:])
+                options["input_scale"] = steps[step.absorbed].rule.diagonal_ratio(saved[step.absorbed])
             if step.scaled_by is not None:
-                factor = steps[step.scaled_by].rule.reciprocal(saved[step.scaled_by])
-                relevances = step.rule.relevance(R, own, factor=factor)
+                options["factor"] = steps[step.scaled_by].rule.reciprocal(saved[step.scaled_by])
             elif step.divided:
-                relevances = step.rule.relevance(R, own, divided=True)
-            else:
-                relevances = step.rule.relevance(R, own)
+                options["divided"] = True
+            relevances = step.rule.relevance(R, saved[node], **options)
             for source, r in zip(step.inputs, relevances):
                 if r is None or not isinstance(source, fx.Node) or source not in self._carrying:
                     continue

@@ -95,12 +95,19 @@ def _shape_only(r: Tensor, shape: Sequence[int]) -> Tensor:
     return r.new_zeros(()).expand(*shape)
 
 
+def _scaled(x: Tensor, scale: Tensor | None) -> Tensor:
+    """``x * scale`` (batch ``B``), or ``x`` without a scale."""
+    return x if scale is None else x * scale
+
+
 class Rule:
     """Base class: relevance propagation through one operation.
 
-    ``scales_input``: the rule's relevance at its (single) input is ``class_product(x, C)``
-    with ``x = saved[0]``, the input activation, and ``C`` independent of ``x``'s value,
-    so that a diagonal rule before it can be absorbed by scaling ``x`` (see
+    ``scales_input``: the rule's relevance at its (single) input is a sum of products
+    ``class_product(a, C)`` of batch-``B`` factors ``a`` of the input's shape with the K maps'
+    ``C``, and ``relevance(R, saved, input_scale=f)`` multiplies every ``a`` by a batch-``B``
+    tensor ``f`` of the input's shape, which multiplies the relevance it returns by ``f`` at
+    batch size B; so a diagonal rule before it can be absorbed (see
     :class:`isnet.lrp.graph.LRPGraph`).
 
     ``divides_output``: the rule's first step is ``s = R / (z + sign(z) eps)`` with a
@@ -272,7 +279,9 @@ class Epsilon(Rule):
             memo[key] = x * self.layer.channel_view(weight, x) * stabilized_reciprocal(z, self.epsilon)
         return memo[key]
 
-    def relevance(self, R: Tensor, saved: Saved, *, divided: bool = False) -> Sequence[Tensor | None]:
+    def relevance(
+        self, R: Tensor, saved: Saved, *, divided: bool = False, input_scale: Tensor | None = None
+    ) -> Sequence[Tensor | None]:
         if self.layer.layer is None:
             # A lone batch norm is diagonal: R_in = [x w / (z + eps)] R, the bracket at batch size B.
             return (class_product(self.diagonal_ratio(saved), R),)
@@ -282,7 +291,7 @@ class Epsilon(Rule):
             x, weight, z = self._denominator(saved)
             s = stabilized_divide(R, z, self.epsilon)
         c = self.layer.transpose(_merge(s), weight, x.shape)
-        return (class_product(x, c.unflatten(0, R.shape[:2])),)
+        return (class_product(_scaled(x, input_scale), c.unflatten(0, R.shape[:2])),)
 
 
 class ZBox(Epsilon):
@@ -380,7 +389,6 @@ class ZPlus(Epsilon):
     norm follows the layer; the bias is detached in ``z`` as in :class:`Epsilon`.
     """
 
-    scales_input = False  # two input factors, x+ and x-
 
     def _parts(self, saved: Saved) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor | None, Tensor | None]:
         """``(x, x+, x-, W+, W-, b)``; ``x-`` and ``W-`` are ``None`` when no input is negative
@@ -417,15 +425,21 @@ class ZPlus(Epsilon):
     def diagonal(self) -> bool:  # type: ignore[override]
         return False
 
-    def relevance(self, R: Tensor, saved: Saved, *, divided: bool = False) -> Sequence[Tensor | None]:
+    def relevance(
+        self, R: Tensor, saved: Saved, *, divided: bool = False, input_scale: Tensor | None = None
+    ) -> Sequence[Tensor | None]:
         parts = self._parts(saved)
         x, x_pos, x_neg, w_pos, w_neg, _ = parts
         s = _merge(R if divided else stabilized_divide(R, self._denominator_zplus(parts), self.epsilon))
         split = R.shape[:2]
         if x_neg is None:
-            return (class_product(x, self.layer.transpose(s, w_pos, x.shape).unflatten(0, split)),)
+            c = self.layer.transpose(s, w_pos, x.shape)
+            return (class_product(_scaled(x, input_scale), c.unflatten(0, split)),)
         c_pos, c_neg = _transpose_pair(self.layer, s, w_pos, w_neg, x.shape)
-        return (class_product(x_pos, c_pos.unflatten(0, split)) + class_product(x_neg, c_neg.unflatten(0, split)),)
+        return (
+            class_product(_scaled(x_pos, input_scale), c_pos.unflatten(0, split))
+            + class_product(_scaled(x_neg, input_scale), c_neg.unflatten(0, split)),
+        )
 
 
 class _LinearPool(Rule):
@@ -451,12 +465,14 @@ class _LinearPool(Rule):
         z, params = self.pool(x, args, kwargs)
         return z, (x, z, params)
 
-    def relevance(self, R: Tensor, saved: Saved, *, divided: bool = False) -> Sequence[Tensor | None]:
+    def relevance(
+        self, R: Tensor, saved: Saved, *, divided: bool = False, input_scale: Tensor | None = None
+    ) -> Sequence[Tensor | None]:
         x, z, params = saved
         s = _merge(R if divided else stabilized_divide(R, z, self.epsilon))
         shape = (s.shape[0], *x.shape[1:])
         c = self.transpose(s, shape, params).unflatten(0, R.shape[:2])
-        return (class_product(x, c),)
+        return (class_product(_scaled(x, input_scale), c),)
 
 
 class AvgPool(_LinearPool):

@@ -179,33 +179,38 @@ def test_stabiliser_treats_both_zeros_as_positive():
 
 
 # -- a lone norm absorbed by the layer after it -------------------------------------------------
-def _absorbed(graph):
-    return [step.absorbed.target for step in graph._steps.values() if step.absorbed is not None]
+def _absorbed(graph, plan=0):
+    return [step.absorbed.target for step in graph.plans[plan].steps.values() if step.absorbed is not None]
 
 
-def test_densenet_norms_after_concatenations_are_absorbed_with_equal_heatmaps_and_gradients(monkeypatch):
+@pytest.mark.parametrize("rule", ["epsilon", "zplus", ["epsilon", "zplus"]])
+def test_densenet_norms_after_concatenations_are_absorbed_with_equal_heatmaps_and_gradients(monkeypatch, rule):
     """Absorbing a lone norm into the layer after it regroups the same products: heatmaps
-    and the heatmap loss's parameter gradients must not change (float64, training mode)."""
+    and the heatmap loss's parameter gradients must not change (float64, training mode), for
+    LRP-epsilon, LRP-z+ (two input factors, x+ and x-, both scaled) and both from one forward."""
     torch.manual_seed(0)
     net = torchvision.models.densenet121(weights=None, num_classes=3).double().train()
     x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+    plans = len(rule) if isinstance(rule, list) else 1
 
     def heatmaps_and_gradients(graph):
         net.zero_grad()
         _, heatmaps = graph(x)
+        heatmaps = torch.stack(heatmaps) if plans > 1 else heatmaps[None]
         (heatmaps.abs().sum() + heatmaps.pow(2).sum()).backward()
         return heatmaps.detach(), torch.cat([p.grad.flatten() for p in net.parameters()])
 
-    absorbing = LRPGraph(net, epsilon=0.01)
+    absorbing = LRPGraph(net, epsilon=0.01, rule=rule)
     # every dense layer's norm1, the transitions' norms and norm5 (before the classifier's pooling)
-    assert len(_absorbed(absorbing)) == 58 + 3 + 1
+    assert [len(_absorbed(absorbing, i)) for i in range(plans)] == [58 + 3 + 1] * plans
     monkeypatch.setattr(passes, "_absorb_lone_norms", lambda plan: None)
-    plain = LRPGraph(net, epsilon=0.01)
+    plain = LRPGraph(net, epsilon=0.01, rule=rule)
     assert _absorbed(plain) == []
     h1, g1 = heatmaps_and_gradients(absorbing)
     h0, g0 = heatmaps_and_gradients(plain)
     # Near-zero batch-norm denominators amplify rounding in single entries; compare against the largest.
-    assert (h1 - h0).abs().max() <= 1e-12 * h0.abs().max()
+    for i in range(plans):
+        assert (h1[i] - h0[i]).abs().max() <= 1e-12 * h0[i].abs().max()
     assert (g1 - g0).abs().max() <= 1e-12 * g0.abs().max()
     assert g0.abs().max() > 0
 

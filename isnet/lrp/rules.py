@@ -389,7 +389,6 @@ class ZPlus(Epsilon):
     norm follows the layer; the bias is detached in ``z`` as in :class:`Epsilon`.
     """
 
-
     def _parts(self, saved: Saved) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor | None, Tensor | None]:
         """``(x, x+, x-, W+, W-, b)``; ``x-`` and ``W-`` are ``None`` when no input is negative
         (after a ReLU, i.e. everywhere but the first layer): then ``x- = 0`` and the terms with

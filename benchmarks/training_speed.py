@@ -28,7 +28,7 @@ statistics, autograd bookkeeping) were free; the convolution FLOPs alone are
 again in the backward pass).  With ``--variant`` it also prints the variant's
 *floor*, ``1 + (variant conv - standard conv) / standard step``: the ratio the
 variant would reach if its step cost no more than the standard's outside the
-convolutions, i.e. if the LRP pass's element-wise arithmetic and bookkeeping were
+convolutions and matrix products, i.e. if the LRP pass's element-wise arithmetic and bookkeeping were
 free.  No implementation that runs these convolution kernels can be faster.  Usage::
 
     python benchmarks/training_speed.py [--arch densenet121] [--size 64] [--batch 4] [--classes 3 10]

@@ -89,9 +89,12 @@ def is_channels_last(x: Tensor) -> bool:
     return x.dim() == 4 and x.shape[1] > 1 and x.stride(1) == 1 and not x.is_contiguous()
 
 
-def _channel_matmul(x: Tensor, matrix: Tensor) -> Tensor:
-    """``x`` ``(N, C, H, W)``, channels-last, times ``matrix`` ``(C, C')`` over the channels:
-    ``(N, C', H, W)``, channels-last (the 1x1 convolution with weight ``matrix.T``)."""
+def _pointwise_conv(x: Tensor, weight: Tensor, *, transposed: bool) -> Tensor:
+    """The 1x1 convolution with ``weight`` ``(C_out, C_in, 1, 1)`` (or its transpose) of a
+    channels-last ``x`` ``(N, C, H, W)`` as one matrix product over the channels; channels-last out."""
+    matrix = weight.reshape(weight.shape[0], weight.shape[1])
+    if not transposed:
+        matrix = matrix.t()
     n, c, h, w = x.shape
     out = x.permute(0, 2, 3, 1).reshape(n * h * w, c).mm(matrix)
     return out.view(n, h, w, matrix.shape[1]).permute(0, 3, 1, 2)
@@ -156,22 +159,9 @@ class AffineLayer:
             shift = shift + norm.bias
         return scale, shift
 
-    def weight_and_bias(self, y: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Effective weight and bias of the (fused) layer.
-
-        Args:
-            y: the norm's input as returned by :meth:`forward` (only used when a
-                norm in training mode needs its batch statistics).
-
-        Returns:
-            ``(W, b)``.  ``W`` has the layer's weight shape, or shape ``(C,)`` for a
-            lone norm; ``b`` has shape ``(C_out,)`` or is ``None``.
-        """
-        return self.fused(y)[:2]
-
     def fused(self, y: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """``(W, b, p)``: :meth:`weight_and_bias` and the bias parameters' share ``p`` of ``b``,
-        from one computation of the norm's statistics.
+        """``(W, b, p)``: the effective weight and bias of the (fused) layer and the bias
+        parameters' share ``p`` of ``b``, from one computation of the norm's statistics.
 
         ``p = beta + scale * b_layer`` (norm shift ``beta``, layer bias ``b_layer``) with the
         norm's ``scale`` as a constant, so that its gradient reaches the bias parameters only;
@@ -184,7 +174,8 @@ class AffineLayer:
             y: the norm's input as returned by :meth:`forward`.
 
         Returns:
-            ``W`` as in :meth:`weight_and_bias`; ``b`` and ``p`` of shape ``(C_out,)`` or ``None``.
+            ``W`` with the layer's weight shape, or shape ``(C,)`` for a lone norm; ``b`` and ``p``
+            of shape ``(C_out,)`` or ``None``.
         """
         layer, norm = self.layer, self.norm
         if norm is None:
@@ -213,7 +204,7 @@ class AffineLayer:
         if isinstance(layer, nn.Linear):
             return F.linear(x, weight)
         if self._pointwise and is_channels_last(x):
-            return _channel_matmul(x, weight.reshape(weight.shape[0], weight.shape[1]).t())
+            return _pointwise_conv(x, weight, transposed=False)
         conv = _CONV[x.dim() - 2]
         return conv(x, weight, None, layer.stride, self._padding, layer.dilation, layer.groups)
 
@@ -234,7 +225,7 @@ class AffineLayer:
         if isinstance(layer, nn.Linear):
             return s.matmul(weight)
         if self._pointwise and is_channels_last(s):
-            return _channel_matmul(s, weight.reshape(weight.shape[0], weight.shape[1]))
+            return _pointwise_conv(s, weight, transposed=True)
         dims = s.dim() - 2
         output_padding = []
         for i in range(dims):

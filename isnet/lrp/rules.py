@@ -252,13 +252,19 @@ class Epsilon(Rule):
         # several composites at this layer share ``saved`` and so compute them once.
         return z, (x, y, z, {})
 
+    @staticmethod
+    def _once(saved: Saved, key: Any, compute: Callable[[], Any]) -> Any:
+        """``compute()`` the first time this forward pass's ``saved`` is asked for ``key``, the
+        stored value after that."""
+        memo = saved[3]
+        if key not in memo:
+            memo[key] = compute()
+        return memo[key]
+
     def _fused(self, saved: Saved) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """``self.layer.fused(y)`` of this forward pass, computed once: every rule that shares the
         forward (:meth:`same_forward`) wraps the same modules, so the value is the same for all."""
-        memo = saved[3]
-        if "fused" not in memo:
-            memo["fused"] = self.layer.fused(saved[1])
-        return memo["fused"]
+        return self._once(saved, "fused", lambda: self.layer.fused(saved[1]))
 
     def _denominator(self, saved: Saved) -> tuple[Tensor, Tensor, Tensor]:
         """``(x, W, z)`` where ``z`` equals the output in value with the bias detached."""
@@ -272,12 +278,11 @@ class Epsilon(Rule):
         """For a lone batch norm (no layer): ``x w / (z + sign(z) eps)``, the batch-``B`` factor
         with ``R_in = ratio * R``.  Same shape as the norm's input.  Computed once per forward pass
         and rule type (several composites keep LRP-epsilon on lone norms)."""
-        key = (type(self), "diagonal_ratio", self.epsilon)
-        memo = saved[3]
-        if key not in memo:
+        def compute() -> Tensor:
             x, weight, z = self._denominator(saved)
-            memo[key] = x * self.layer.channel_view(weight, x) * stabilized_reciprocal(z, self.epsilon)
-        return memo[key]
+            return x * self.layer.channel_view(weight, x) * stabilized_reciprocal(z, self.epsilon)
+
+        return self._once(saved, (type(self), "diagonal_ratio", self.epsilon), compute)
 
     def relevance(
         self, R: Tensor, saved: Saved, *, divided: bool = False, input_scale: Tensor | None = None
@@ -323,7 +328,11 @@ class ZBox(Epsilon):
 
     def _parts(self, saved: Saved) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor, Tensor]:
         """``(x, W+, W-, b, l, h)``: the input, the weight's parts, the bias and the bounds as
-        batch-1 inputs."""
+        batch-1 inputs; computed once per forward pass (a first layer before a max pool asks in
+        :meth:`reciprocal` too)."""
+        return self._once(saved, (self, "parts"), lambda: self._compute_parts(saved))
+
+    def _compute_parts(self, saved: Saved) -> tuple:
         x = saved[0]
         weight, bias = self._fused(saved)[:2]
         low, high = self._bound_image(self.low, x), self._bound_image(self.high, x)
@@ -392,7 +401,11 @@ class ZPlus(Epsilon):
     def _parts(self, saved: Saved) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor | None, Tensor | None]:
         """``(x, x+, x-, W+, W-, b)``; ``x-`` and ``W-`` are ``None`` when no input is negative
         (after a ReLU, i.e. everywhere but the first layer): then ``x- = 0`` and the terms with
-        ``W-`` vanish, so the rule costs one convolution instead of two of twice the channels."""
+        ``W-`` vanish, so the rule costs one convolution instead of two of twice the channels.
+        Computed once per forward pass (a layer before a max pool asks in :meth:`reciprocal` too)."""
+        return self._once(saved, (self, "parts"), lambda: self._compute_parts(saved))
+
+    def _compute_parts(self, saved: Saved) -> tuple:
         x = saved[0]
         weight, bias, own = self._fused(saved)
         if bias is not None:
